@@ -1,0 +1,192 @@
+"""The ``getok`` command line.
+
+    getok vocab --grid-size 32 --out tokens.txt      # file for ms-swift's --new_special_tokens
+    getok encode --box 10,20,200,180 --image-size 320,240
+    getok decode '<answer><box><grid1,2><grid9,9></box></answer>' --image-size 320,240
+    getok demo                                       # the bundled example, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .answer import format_answer, format_offsets, parse_answer, parse_offsets
+from .instance import apply_offsets, instance_from_dict, instance_to_dict
+from .vocab import GetokVocab
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected X,Y, got {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
+def _quad(text: str) -> tuple[float, float, float, float]:
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"expected X1,Y1,X2,Y2, got {text!r}")
+    return tuple(float(p) for p in parts)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = _pair(text)
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return int(w), int(h)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_vocab(args) -> int:
+    vocab = GetokVocab(args.grid_size, args.offset_rounds)
+    text = "\n".join(vocab.tokens) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {len(vocab.tokens)} tokens to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_encode(args) -> int:
+    vocab = GetokVocab(args.grid_size, args.offset_rounds)
+    if args.json:
+        raw = args.json if args.json.lstrip()[:1] in "[{" else Path(args.json).read_text()
+        data = json.loads(raw)
+        items = data if isinstance(data, list) else [data]
+        instances = [instance_from_dict(d, args.image_size) for d in items]
+    else:
+        d = {"box": args.box, "points": args.seg or None, "polyline": args.line,
+             "polygon": args.poly, "point": args.point}
+        d = {k: v for k, v in d.items() if v is not None}
+        instances = [instance_from_dict(d, args.image_size)] if d else []
+    print(format_answer(instances, vocab, think=args.think, simplify=args.simplify))
+    return 0
+
+
+def _read_text(value: str) -> str:
+    return sys.stdin.read() if value == "-" else value
+
+
+def cmd_decode(args) -> int:
+    vocab = GetokVocab(args.grid_size, args.offset_rounds)
+    text = _read_text(args.text)
+    if args.proposal is not None:
+        proposal = parse_answer(args.proposal, vocab)
+        parsed = parse_offsets(text, proposal.instances, vocab)
+        refined = [apply_offsets(inst, offs, vocab, args.round) if offs is not None else inst
+                   for inst, offs in zip(proposal.instances, parsed.offsets)]
+        result = {"valid": parsed.valid, "errors": parsed.errors,
+                  "offsets": [None if o is None else [None if t is None else list(t) for t in o]
+                              for o in parsed.offsets],
+                  "instances": [instance_to_dict(i, args.image_size) for i in refined]}
+    else:
+        parsed = parse_answer(text, vocab)
+        result = {"valid": parsed.valid, "errors": parsed.errors, "no_target": parsed.no_target,
+                  "instances": [instance_to_dict(i, args.image_size) for i in parsed.instances]}
+    print(json.dumps(result, indent=None if args.compact else 2))
+    return 0 if result["valid"] else 1
+
+
+def cmd_demo(args) -> int:
+    """Encode the bundled example annotations, then parse the bundled model outputs."""
+    vocab = GetokVocab(args.grid_size)
+    example = json.loads(resources.files("getok_core").joinpath("data/example.json").read_text())
+    size = tuple(example["image_size"])
+    print(f"GETok vocabulary: {len(vocab.tokens)} tokens on a {vocab.grid_size}x{vocab.grid_size} grid;"
+          f" image {size[0]}x{size[1]} px\n")
+    for obj in example["objects"]:
+        inst = instance_from_dict(obj["geometry"], size)
+        text = format_answer([inst], vocab)
+        back = parse_answer(text, vocab).instances[0]
+        print(f"- {obj['expression']}")
+        print(f"  geometry (px): {json.dumps(obj['geometry'])}")
+        print(f"  tokens       : {text}")
+        print(f"  decoded (px) : {json.dumps(instance_to_dict(back, size, 1))}")
+    print("\nParsing model outputs (the parser never raises):")
+    for out in example["model_outputs"]:
+        p = parse_answer(out, vocab)
+        status = "valid" if p.valid else "INVALID"
+        detail = "no target" if p.no_target else f"{len(p.instances)} instance(s)"
+        print(f"- {status:7s} {detail:14s} {out[:70]!r}")
+        for e in p.errors:
+            print(f"      error: {e}")
+    ref = example["refinement"]
+    proposal = parse_answer(ref["proposal"], vocab)
+    offs = parse_offsets(ref["offsets"], proposal.instances, vocab)
+    refined = apply_offsets(proposal.instances[0], offs.offsets[0], vocab)
+    print("\nRefinement turn:")
+    print(f"  proposal: {ref['proposal']}")
+    print(f"  offsets : {ref['offsets']}")
+    print(f"  refined (px): {json.dumps(instance_to_dict(refined, size, 1))}")
+    print("  canonical offsets text:", format_offsets(offs.offsets, vocab))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="getok",
+        description="GETok: ground points, boxes, lines, polygons and masks in plain tokens. "
+                    "Coordinates are normalized to [0, 1] unless --image-size W,H is given, "
+                    "in which case they are pixels of that image.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def grid_opts(sp):
+        sp.add_argument("--grid-size", type=int, default=32, help="grid side n (default 32)")
+        sp.add_argument("--offset-rounds", type=int, default=1, help="refinement rounds R (default 1)")
+
+    sp = sub.add_parser("vocab", help="write every GETok special token, one per line",
+                        description="Write the GETok tokens one per line: the file ms-swift's "
+                                    "--new_special_tokens accepts.")
+    grid_opts(sp)
+    sp.add_argument("--out", default="-", help="output file (default: stdout)")
+    sp.set_defaults(func=cmd_vocab)
+
+    sp = sub.add_parser("encode", help="geometry -> canonical answer text",
+                        description="Encode one instance given by flags, or a JSON list of "
+                                    "instances ({box, points, polyline, polygon, point}).")
+    grid_opts(sp)
+    sp.add_argument("--image-size", type=_size, help="W,H: coordinates are pixels of this image")
+    sp.add_argument("--box", type=_quad, help="X1,Y1,X2,Y2")
+    sp.add_argument("--point", type=_pair, help="X,Y: a single point")
+    sp.add_argument("--seg", type=_pair, nargs="+", help="X,Y ...: mask prompt points")
+    sp.add_argument("--line", type=_pair, nargs="+", help="X,Y ...: polyline vertices")
+    sp.add_argument("--poly", type=_pair, nargs="+", help="X,Y ...: polygon vertices")
+    sp.add_argument("--json", help="JSON string or file with one instance or a list of them")
+    sp.add_argument("--think", help="text for a <think> block")
+    sp.add_argument("--simplify", action="store_true", help="Douglas-Peucker lines at half a cell")
+    sp.set_defaults(func=cmd_encode)
+
+    sp = sub.add_parser("decode", help="answer text -> geometry (JSON); exit 1 when invalid",
+                        description="Parse model output. With --proposal, TEXT is a refinement "
+                                    "answer applied to that turn-1 proposal.")
+    grid_opts(sp)
+    sp.add_argument("text", help="the model output, or - for stdin")
+    sp.add_argument("--image-size", type=_size, help="W,H: print pixels of this image")
+    sp.add_argument("--proposal", help="turn-1 answer text that TEXT refines")
+    sp.add_argument("--round", type=int, default=1, help="refinement round of TEXT (default 1)")
+    sp.add_argument("--compact", action="store_true", help="one-line JSON")
+    sp.set_defaults(func=cmd_decode)
+
+    sp = sub.add_parser("demo", help="run the bundled example end to end",
+                        description="Encode the bundled annotations and parse bundled model outputs.")
+    sp.add_argument("--grid-size", type=int, default=32)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        print(f"getok {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create or reuse a pinned virtual environment and install this checkout into it (editable).
+#
+#   source scripts/env.sh; venv=$(getok_env swift)     # or: bash scripts/env.sh swift
+#
+# NAME is one of requirements/NAME.txt (core, swift, verl). An environment lives in
+# $GETOK_VENV_ROOT/NAME (default ~/.cache/getok/venvs/NAME) and is rebuilt only when its lock file
+# or the Python version changes: a stamp holding their hash is written after a complete install,
+# so an interrupted build is redone on the next run.
+
+getok_env() {
+  local name=$1
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local lock="$root/requirements/$name.txt"
+  local python=${GETOK_PYTHON:-python3}
+  local venv="${GETOK_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/getok/venvs}/$name"
+  [ -f "$lock" ] || { echo "getok_env: no lock file $lock" >&2; return 1; }
+  local stamp; stamp=$( { cat "$lock"; "$python" --version; echo "env-format 1"; } | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$venv/.getok-stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "getok_env: building the $name environment in $venv (from $lock)" >&2
+    rm -rf "$venv"
+    "$python" -m venv "$venv" >&2 || return 1
+    local try
+    for try in 1 2 3; do
+      if "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock" >&2 2> >(grep -v "^WARNING: Location" >&2); then
+        break
+      fi
+      [ "$try" = 3 ] && { echo "getok_env: pip install -r $lock failed 3 times" >&2; return 1; }
+      echo "getok_env: pip install failed, retrying ($try/3)" >&2
+      sleep 5
+    done
+    echo "$stamp" > "$venv/.getok-stamp"
+  fi
+  # The checkout may have moved (a CI clone): (re)install it editable, without touching the pins.
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$root" \
+    >&2 2> >(grep -v "^WARNING: Location" >&2) || return 1
+  echo "$venv"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  getok_env "${1:?usage: scripts/env.sh core|swift|verl}"
+fi

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The test suite: core tests in both environments, swift tests in the swift environment (ms-swift,
+# torch, segment-anything), verl tests in the verl environment (verl 0.9.1). Environments are
+# created on first use and reused while their lock files do not change (scripts/env.sh).
+#
+#   bash scripts/test.sh                    # everything
+#   GETOK_ENVS=swift bash scripts/test.sh   # one environment
+#   bash scripts/test.sh -k parser          # extra arguments go to pytest
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+source scripts/env.sh
+envs=${GETOK_ENVS:-"swift verl"}
+report=$(mktemp -d)
+trap 'rm -rf "$report"' EXIT
+status=0
+
+for name in $envs; do
+  venv=$(getok_env "$name") || { echo "test.sh: could not build the $name environment" >&2; exit 1; }
+  paths=(tests/core)
+  [ -d "tests/$name" ] && paths+=("tests/$name")
+  echo "=== $name environment: pytest ${paths[*]}"
+  "$venv/bin/python" -m pytest "${paths[@]}" -p no:cacheprovider --junitxml="$report/$name.xml" "$@"
+  rc=$?
+  case $rc in
+    0) ;;
+    5) echo "test.sh: pytest collected no test in the $name environment" >&2; status=1 ;;
+    *) echo "test.sh: tests failed in the $name environment (pytest exit $rc)" >&2; status=1 ;;
+  esac
+done
+
+python3 - "$report" <<'PY'
+import glob, sys
+import xml.etree.ElementTree as ET
+tot = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for path in sorted(glob.glob(sys.argv[1] + "/*.xml")):
+    root = ET.parse(path).getroot()
+    for suite in (root.iter("testsuite")):
+        for k in tot:
+            tot[k] += int(suite.get(k, 0))
+failed = tot["failures"] + tot["errors"]
+passed = tot["tests"] - failed - tot["skipped"]
+print(f"getok: {passed} passed, {failed} failed, {tot['skipped']} skipped")
+PY
+exit $status
