@@ -1,0 +1,80 @@
+"""A tiny, randomly initialized segment-anything SAM for tests (no weights, no network).
+
+``build_tiny_sam(seed)`` assembles a real ``segment_anything.modeling.Sam`` from the same classes
+``segment_anything.build_sam`` uses, only much smaller, so every code path of ``SamPredictor``
+(``ResizeLongestSide``, preprocessing and padding, prompt encoding, mask decoding, upscaling to
+the original image size) runs as it does with vit_h, on CPU in milliseconds.
+
+Config (``TINY_SAM_CONFIG``), checked against segment-anything 1.0's ``build_sam.py``:
+- image encoder: ``ImageEncoderViT(img_size=256, patch_size=16, embed_dim=32, depth=2,
+  num_heads=2, mlp_ratio=2, out_chans=32, use_rel_pos=True, window_size=4,
+  global_attn_indexes=(1,))``: 16 x 16 image tokens, one windowed and one global block (as the
+  real encoders alternate). ``SamPredictor`` resizes images to ``img_size`` on the long side.
+- prompt encoder: ``PromptEncoder(embed_dim=32, image_embedding_size=(16, 16),
+  input_image_size=(256, 256), mask_in_chans=8)``; ``embed_dim`` must equal the encoder's
+  ``out_chans`` and the decoder's ``transformer_dim``.
+- mask decoder: ``MaskDecoder(transformer_dim=32, TwoWayTransformer(depth=2, embedding_dim=32,
+  num_heads=2, mlp_dim=64), num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=32)``;
+  ``transformer_dim`` must be divisible by 8 (the upscaling path) and ``embedding_dim / 2`` by
+  ``num_heads`` (attention downsample rate 2). Low-resolution masks are 64 x 64.
+
+Weights: PyTorch's default init under ``torch.manual_seed(seed)``, then the zero-initialized
+absolute position embedding and the mask tokens / IoU head are redrawn from a normal distribution
+so that the three multimask outputs and their scores differ between points (a zero position
+embedding would make every output far less point-dependent). Eval mode, CPU, float32.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+TINY_SAM_CONFIG = dict(
+    img_size=256, patch_size=16, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+    encoder_mlp_ratio=2.0, encoder_window_size=4, encoder_global_attn_indexes=(1,),
+    prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2, decoder_num_heads=2, decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+
+
+def build_tiny_sam(seed: int = 0):
+    """A tiny random ``segment_anything.modeling.Sam`` (eval mode, CPU), deterministic in ``seed``."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    c = TINY_SAM_CONFIG
+    emb = c["img_size"] // c["patch_size"]
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["encoder_embed_dim"],
+                depth=c["encoder_depth"], num_heads=c["encoder_num_heads"], mlp_ratio=c["encoder_mlp_ratio"],
+                out_chans=c["prompt_embed_dim"], qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+                window_size=c["encoder_window_size"], global_attn_indexes=c["encoder_global_attn_indexes"],
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=c["prompt_embed_dim"], image_embedding_size=(emb, emb),
+                input_image_size=(c["img_size"], c["img_size"]), mask_in_chans=c["mask_in_chans"],
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(
+                    depth=c["decoder_depth"], embedding_dim=c["prompt_embed_dim"],
+                    num_heads=c["decoder_num_heads"], mlp_dim=c["decoder_mlp_dim"],
+                ),
+                transformer_dim=c["prompt_embed_dim"], iou_head_depth=3,
+                iou_head_hidden_dim=c["iou_head_hidden_dim"],
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+        with torch.no_grad():
+            torch.nn.init.normal_(sam.image_encoder.pos_embed, std=0.5)
+            torch.nn.init.normal_(sam.mask_decoder.mask_tokens.weight, std=1.0)
+            for layer in sam.mask_decoder.iou_prediction_head.layers:
+                torch.nn.init.normal_(layer.weight, std=0.5)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return sam.eval().to("cpu")
