@@ -20,7 +20,7 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def _coco(rle: dict) -> dict:
+def to_coco(rle: dict) -> dict:
     """An RLE dict in the form pycocotools takes (compressed counts as bytes)."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("RLE must be a dict with 'size' and 'counts'")
@@ -35,17 +35,24 @@ def _coco(rle: dict) -> dict:
 
 def decode_rle(rle: dict) -> np.ndarray:
     """Boolean (H, W) mask of an RLE (compressed or uncompressed counts)."""
-    return mask_utils.decode(_coco(rle)).astype(bool)
+    return mask_utils.decode(to_coco(rle)).astype(bool)
 
 
 def rle_area(rle: dict) -> int:
     """Number of pixels in an RLE mask."""
-    return int(mask_utils.area(_coco(rle)))
+    return int(mask_utils.area(to_coco(rle)))
 
 
 def rle_iou(a: dict, b: dict) -> float:
     """IoU of two RLE masks of the same size; 0 when both are empty."""
-    return float(mask_utils.iou([_coco(a)], [_coco(b)], [0])[0, 0])
+    return float(mask_utils.iou([to_coco(a)], [to_coco(b)], [0])[0, 0])
+
+
+def rle_ious(rles, target: dict) -> np.ndarray:
+    """IoU of each RLE in ``rles`` with ``target`` (same size), as a float64 (K,) array."""
+    if not rles:
+        return np.zeros(0)
+    return np.asarray(mask_utils.iou([to_coco(r) for r in rles], [to_coco(target)], [0]), float)[:, 0]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

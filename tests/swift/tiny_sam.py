@@ -18,10 +18,14 @@ Config (``TINY_SAM_CONFIG``), checked against segment-anything 1.0's ``build_sam
   ``transformer_dim`` must be divisible by 8 (the upscaling path) and ``embedding_dim / 2`` by
   ``num_heads`` (attention downsample rate 2). Low-resolution masks are 64 x 64.
 
-Weights: PyTorch's default init under ``torch.manual_seed(seed)``, then the zero-initialized
-absolute position embedding and the mask tokens / IoU head are redrawn from a normal distribution
-so that the three multimask outputs and their scores differ between points (a zero position
-embedding would make every output far less point-dependent). Eval mode, CPU, float32.
+Weights: PyTorch's default init under ``torch.manual_seed(seed)`` (the global RNG state is
+restored afterwards), then the zero-initialized absolute position embedding and the mask tokens
+are redrawn from normal distributions so that the three multimask outputs differ, and the IoU
+head's biases are balanced on a fixed probe (``_balance_scores``) so that which of the three
+outputs scores best varies from point to point. Eval mode, CPU, float32.
+
+Speed: on a loaded 2-core machine PyTorch's intra-op threads contend badly (one decoder call
+~0.6 s with 2 threads vs ~10 ms with 1): tests should run it under ``torch.set_num_threads(1)``.
 """
 
 from __future__ import annotations
@@ -73,8 +77,35 @@ def build_tiny_sam(seed: int = 0):
         with torch.no_grad():
             torch.nn.init.normal_(sam.image_encoder.pos_embed, std=0.5)
             torch.nn.init.normal_(sam.mask_decoder.mask_tokens.weight, std=1.0)
-            for layer in sam.mask_decoder.iou_prediction_head.layers:
-                torch.nn.init.normal_(layer.weight, std=0.5)
     finally:
         torch.random.set_rng_state(gen_state)
-    return sam.eval().to("cpu")
+    sam = sam.eval().to("cpu")
+    _balance_scores(sam)
+    return sam
+
+
+def _balance_scores(sam) -> None:
+    """Shift the IoU head's output biases so the three multimask scores have mean 0 over a fixed
+    probe (an 8 x 8 grid of single points on a colour-gradient image).
+
+    With random weights the IoU token barely depends on the prompt, so each output's score is
+    dominated by a constant and one output would win at every point; after the shift the winner
+    varies from point to point, which is what tests of "keep the best-scoring mask" need.
+    """
+    import numpy as np
+    import torch
+    from segment_anything import SamPredictor
+
+    side, n = 64, 8
+    ramp = np.arange(side, dtype=np.uint8) * 4
+    probe = np.empty((side, side, 3), np.uint8)
+    probe[..., 0], probe[..., 1], probe[..., 2] = ramp[None, :], ramp[:, None], 128
+    predictor = SamPredictor(sam)
+    predictor.set_image(probe)
+    centres = (np.arange(n) + 0.5) * side / n
+    points = torch.as_tensor([(x, y) for y in centres for x in centres], dtype=torch.float)
+    coords = predictor.transform.apply_coords_torch(points, predictor.original_size)[:, None, :]
+    labels = torch.ones(len(points), 1, dtype=torch.int)
+    _, scores, _ = predictor.predict_torch(coords, labels, multimask_output=True)
+    with torch.no_grad():
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias[1:] -= scores.mean(0)
