@@ -127,6 +127,59 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from .sample_data import write_sample_dataset
+
+    summary = write_sample_dataset(args.out, seed=args.seed)
+    print(f"wrote the sample dataset to {args.out}: {summary['n_shape']} shape images, "
+          f"{summary['n_lane']} lane images, {summary['n_refs']} refs, {summary['n_multi']} multi-target and "
+          f"{summary['n_none']} no-target expressions, {summary['n_points']} point records")
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def cmd_prepare(args) -> int:
+    from .prepare import PrepareConfig, prepare
+
+    root = args.root
+    if root is None:
+        if args.dataset != "sample":
+            raise ValueError("--root is required (only --dataset sample can generate its data)")
+        root = str(Path(args.out) / "sample_data")
+        if not (Path(root) / "README.txt").exists():
+            cmd_sample(argparse.Namespace(out=root, seed=0))
+    if args.proposals in ("sam", "sam2") and not args.sam_checkpoint:
+        raise ValueError(f"--proposals {args.proposals} needs --sam-checkpoint PATH (no weights are downloaded)")
+    cfg = PrepareConfig(
+        dataset=args.dataset, root=str(Path(root).resolve()), out=args.out, split=args.split,
+        proposals=args.proposals, region_method=args.region_method,
+        sam_checkpoint=None if args.sam_checkpoint is None else str(Path(args.sam_checkpoint).resolve()),
+        sam_model=args.sam_model, device=args.device, grid_size=args.grid_size, tau=args.tau,
+        max_points=args.max_points, refine_k=args.refine_k, template=args.template, seed=args.seed,
+        formats=tuple(f for f in args.formats.split(",") if f), workers=args.workers, shard=args.shard,
+        progress=not args.no_progress)
+    summary = prepare(cfg)
+    if summary is not None:
+        print(f"samples {summary['samples']}: ok {summary['ok']}, skipped {summary['skipped']} "
+              f"{summary['skip_reasons']}; mean tokens per mask {summary['mean_tokens_per_mask']}, "
+              f"mean achieved IoU {summary['mean_achieved_iou']}; offsets {summary['offset_categories']}")
+        print(f"details: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _template(text: str):
+    return text if text == "auto" else int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="getok",
@@ -171,6 +224,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--round", type=int, default=1, help="refinement round of TEXT (default 1)")
     sp.add_argument("--compact", action="store_true", help="one-line JSON")
     sp.set_defaults(func=cmd_decode)
+
+    sp = sub.add_parser("sample", help="generate the bundled sample dataset",
+                        description="Draw the sample dataset (shapes with COCO masks, RefCOCO-style refs, "
+                                    "multi- and no-target expressions, points, lanes) into OUT. "
+                                    "Deterministic: the same seed gives the same bytes.")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_sample)
+
+    from .loaders import DATASETS
+    sp = sub.add_parser("prepare", help="annotations -> GETok training data (swift, EasyR1, verl)",
+                        description="Convert a dataset into GETok training files: greedy <seg> points from "
+                                    "mask proposals (SPEC 4), refinement conversations (SPEC 5), ground truth "
+                                    "for GRPO rewards. Resumable: rerun the same command after an interruption. "
+                                    "With --shard I/N, run N processes (or machines sharing OUT); the last to "
+                                    "finish writes the outputs.")
+    sp.add_argument("--dataset", required=True, choices=DATASETS)
+    sp.add_argument("--root", help="dataset folder (for --dataset sample: generated into OUT/sample_data "
+                                   "when omitted)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--split", help="only this split (e.g. train, val, testA)")
+    sp.add_argument("--proposals", default="region", choices=["region", "sam", "sam2"],
+                    help="mask proposals: region (scikit-image, no weights; default), sam, sam2")
+    sp.add_argument("--region-method", default="felzenszwalb", choices=["felzenszwalb", "slic"])
+    sp.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint file")
+    sp.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
+    sp.add_argument("--device", default="cpu", help="torch device for SAM, e.g. cuda:0")
+    sp.add_argument("--grid-size", type=int, default=32)
+    sp.add_argument("--tau", type=float, default=0.9, help="greedy IoU target (default 0.9)")
+    sp.add_argument("--max-points", type=int, default=32, help="greedy point budget (default 32)")
+    sp.add_argument("--refine-k", type=int, default=16, help="points per refinement conversation (default 16)")
+    sp.add_argument("--template", type=_template, default=0, help="question template index, or auto")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the refinement sampling")
+    sp.add_argument("--formats", default="swift,easyr1,verl", help="comma list of swift, easyr1, verl")
+    sp.add_argument("--workers", type=int, default=1, help="processes (region proposals only)")
+    sp.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this process's share of the images")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("demo", help="run the bundled example end to end",
                         description="Encode the bundled annotations and parse bundled model outputs.")

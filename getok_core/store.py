@@ -2,7 +2,7 @@
 
 ``RecordStore`` appends one JSON object per line to a shard's records file and survives being
 killed at any point: on reopening, a partial last line is cut off and the ids already written
-are skipped. Final files are written with ``atomic_write`` (a temporary file in the same folder,
+are skipped. Final files are written through ``atomic_path`` (a temporary file in the same folder,
 then ``os.replace``), so a reader never sees half a file.
 """
 
@@ -16,22 +16,36 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is
-    removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_path(path):
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``
+    (``os.replace``, after the caller closed it), on any exception it is removed and ``path`` is
+    left as it was. The new file gets the permissions the umask gives (or the old file's)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else _new_file_mode()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_file_mode() -> int:
+    """Permissions a new file gets from the process umask (read without changing it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
 
 
 def dumps_line(obj) -> str:

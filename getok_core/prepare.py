@@ -1,0 +1,401 @@
+"""``getok prepare``: annotations -> GETok training data for ms-swift, EasyR1 and verl.
+
+Per image: mask proposals (one per grid point, cached on disk), then per referring expression
+the greedy ``<seg>`` points (SPEC §4), the answer text, the refinement conversation (SPEC §5) and
+the ground truth that GRPO rewards read. Results go to an append-only records file per shard
+(resumable: kill it, rerun it, nothing is redone or duplicated); when every shard is done, the
+final files are written atomically from the records sorted by sample id, so their bytes do not
+depend on interruptions, worker counts or shard order.
+
+Output folder::
+
+    config.json                   the settings (a rerun with other settings is refused)
+    proposals/                    cached proposals (gzip'd RLE JSON per image)
+    records/shard-I-of-N.jsonl    one record per sample (ok or skipped, with the reason)
+    records/loader-skips.json     rows the dataset loader could not use
+    swift/SPLIT.jsonl             SFT rows (question, answer)
+    swift/SPLIT_refine.jsonl      SFT two-turn rows (proposal, then offsets)
+    easyr1/SPLIT.jsonl            EasyR1 GRPO rows (prompt, ground-truth JSON)
+    verl/SPLIT.parquet            verl GRPO rows
+    summary.json                  counts, every skipped row with its reason, mean tokens per
+                                  mask, mean achieved IoU, offset-category histogram
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import groundtruth, writers
+from .answer import format_answer
+from .greedy import PackedProposals, greedy_select, index_to_cell
+from .instance import Instance, instance_to_dict
+from .loaders import load_dataset
+from .masks import decode_rle, mask_box
+from .offsets import CATEGORIES, sample_refinement, stable_seed
+from .proposals import ProposalCache, RegionProposer, SamProposer, Sam2Proposer, to_rgb
+from .records import Sample, Skipped
+from .store import RecordStore, atomic_path, read_records
+from .vocab import GetokVocab
+
+FORMATS = ("swift", "easyr1", "verl")
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of one preparation run. Everything but ``out``, ``workers``, ``shard`` and
+    ``progress`` is part of the output's identity (``config.json``)."""
+
+    dataset: str
+    root: str
+    out: str
+    split: str | None = None
+    proposals: str = "region"            # region | sam | sam2
+    region_method: str = "felzenszwalb"  # felzenszwalb | slic
+    sam_checkpoint: str | None = None
+    sam_model: str = "vit_h"             # segment-anything model type, or a SAM 2 config
+    device: str = "cpu"
+    grid_size: int = 32
+    tau: float = 0.9
+    max_points: int = 32
+    refine_k: int = 16
+    template: int | str = 0
+    seed: int = 0
+    formats: tuple[str, ...] = FORMATS
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)
+    progress: bool = True
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        for k in ("out", "workers", "shard", "progress"):
+            d.pop(k)
+        d["formats"] = list(d["formats"])
+        d["shards"] = self.shard[1]
+        return d
+
+
+# ---------------------------------------------------------------------- samples <-> JSON
+def sample_to_dict(s: Sample) -> dict:
+    d = asdict(s)
+    d["targets"] = [groundtruth.target_to_dict(t) for t in s.targets]
+    d["image_size"] = list(s.image_size)
+    return d
+
+
+def sample_from_dict(d: dict) -> Sample:
+    d = dict(d)
+    d["targets"] = [groundtruth.target_from_dict(t) for t in d["targets"]]
+    d["image_size"] = tuple(d["image_size"])
+    return Sample(**d)
+
+
+def _skip_record(sample: Sample, field_: str, reason: str) -> dict:
+    return {"sample_id": sample.sample_id, "status": "skipped", "source": sample.image_path,
+            "field": field_, "reason": reason}
+
+
+# ---------------------------------------------------------------------- one image
+class ImageWorker:
+    """Turns the samples of one image into records. Holds the proposer and the cache."""
+
+    def __init__(self, cfg: PrepareConfig):
+        self.cfg = cfg
+        self.vocab = GetokVocab(cfg.grid_size)
+        self.cache = ProposalCache(Path(cfg.out) / "proposals")
+        self._proposer = None
+
+    @property
+    def proposer(self):
+        if self._proposer is None:
+            c = self.cfg
+            if c.proposals == "region":
+                self._proposer = RegionProposer(c.region_method)
+            elif c.proposals == "sam":
+                self._proposer = SamProposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device)
+            elif c.proposals == "sam2":
+                self._proposer = Sam2Proposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device)
+            else:
+                raise ValueError(f"unknown proposals {c.proposals!r}: region, sam or sam2")
+        return self._proposer
+
+    def __call__(self, samples: list[Sample]) -> list[dict]:
+        first = samples[0]
+        needs_masks = any(s.task == "seg" and s.targets for s in samples)
+        packed = None
+        if needs_masks:
+            try:
+                image = _load_image(first.image_path)
+            except Exception as exc:  # unreadable image: every sample of it is skipped, with the reason
+                return [_skip_record(s, "image_path", f"image unreadable: {type(exc).__name__}: {exc}")
+                        for s in samples]
+            h, w = image.shape[:2]
+            bad = [s for s in samples if tuple(s.image_size) != (w, h)]
+            good = [s for s in samples if tuple(s.image_size) == (w, h)]
+            records = [_skip_record(s, "image_size", f"annotated size {tuple(s.image_size)} != image size {(w, h)}")
+                       for s in bad]
+            if not good:
+                return records
+            n = self.cfg.grid_size
+            props = self.cache.get_or_compute(first.image_key, self.proposer.tag, n,
+                                              lambda: self.proposer(image, n))
+            packed = PackedProposals.from_rles(props.rles)
+            return records + [self.sample_record(s, packed) for s in good]
+        return [self.sample_record(s, packed) for s in samples]
+
+    def sample_record(self, s: Sample, packed) -> dict:
+        cfg, vocab = self.cfg, self.vocab
+        instances: list[Instance] = []
+        ious: list[float] = []
+        points_per_mask: list[int] = []
+        refine = None
+        for j, t in enumerate(s.targets):
+            field_ = f"targets[{j}]"
+            if s.task == "seg":
+                if t.mask is None:
+                    return _skip_record(s, field_ + ".mask", "seg target without a mask")
+                mask = decode_rle(t.mask)
+                idx, iou = greedy_select(mask, packed, cfg.tau, cfg.max_points)
+                if not idx:
+                    return _skip_record(s, field_ + ".mask", "no proposal overlaps the mask")
+                box = t.box if t.box is not None else mask_box(mask)
+                pts = [vocab.cell_point(index_to_cell(k, vocab.grid_size)) for k in idx]
+                instances.append(Instance(box=box, points=pts))
+                ious.append(iou)
+                points_per_mask.append(len(idx))
+                if len(s.targets) == 1:
+                    ref = sample_refinement(mask, vocab, k=cfg.refine_k, box=box,
+                                            rng=stable_seed(cfg.seed, s.sample_id))
+                    if ref is not None:
+                        refine = {"turn1": ref.turn1_text, "turn2": ref.turn2_text,
+                                  "categories": list(ref.categories)}
+            elif s.task == "box":
+                if t.box is None:
+                    return _skip_record(s, field_ + ".box", "box target without a box")
+                instances.append(Instance(box=t.box))
+            elif s.task == "point":
+                if not t.points:
+                    return _skip_record(s, field_ + ".points", "point target without points")
+                instances += [Instance(point=p) for p in t.points]
+            elif s.task == "line":
+                if t.polyline is None:
+                    return _skip_record(s, field_ + ".polyline", "line target without a polyline")
+                instances.append(Instance(polyline=t.polyline))
+        try:
+            answer = format_answer(instances, vocab)
+            groundtruth.make_ground_truth(s)
+        except ValueError as exc:  # a degenerate polyline, an invalid ground truth...
+            return _skip_record(s, "targets", str(exc))
+        return {"sample_id": s.sample_id, "status": "ok", "sample": sample_to_dict(s), "answer": answer,
+                "instances": [instance_to_dict(i, ndigits=9) for i in instances],
+                "achieved_iou": ious, "points_per_mask": points_per_mask, "refine": refine}
+
+
+def _load_image(path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) pixels, EXIF orientation applied (the frame annotations use)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return to_rgb(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+
+
+_WORKER: ImageWorker | None = None
+
+
+def _init_worker(cfg):
+    global _WORKER
+    _WORKER = ImageWorker(cfg)
+
+
+def _work(samples):
+    return _WORKER(samples)
+
+
+# ---------------------------------------------------------------------- the run
+def _shard_of(image_key: str, shards: int) -> int:
+    return zlib.crc32(image_key.encode("utf-8")) % shards
+
+
+def _check_config(cfg: PrepareConfig) -> None:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    ident = cfg.identity()
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != ident:
+            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+            raise ValueError(f"{out} holds data prepared with other settings ({', '.join(diff)}); "
+                             "use a new --out, or delete it")
+    else:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(ident, indent=1, sort_keys=True) + "\n")
+
+
+def prepare(cfg: PrepareConfig, log=print) -> dict | None:
+    """Run (or resume) one shard; when all shards are done, write the outputs and return the
+    summary (None while other shards are still missing)."""
+    i, n = cfg.shard
+    if not (0 <= i < n):
+        raise ValueError(f"shard {i}/{n}: need 0 <= I < N")
+    bad = [f for f in cfg.formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
+    if "verl" in cfg.formats:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("--formats verl writes parquet and needs pyarrow (pip install pyarrow), "
+                             "or leave verl out of --formats") from exc
+    _check_config(cfg)
+    out = Path(cfg.out)
+    t0 = time.time()
+    skipped: list[Skipped] = []
+    samples = list(load_dataset(cfg.dataset, cfg.root, cfg.split, skipped=skipped))
+    with atomic_path(out / "records" / "loader-skips.json") as tmp:
+        Path(tmp).write_text(json.dumps([asdict(s) for s in skipped], indent=1) + "\n")
+    ids = Counter(s.sample_id for s in samples)
+    dup = [k for k, c in ids.items() if c > 1]
+    if dup:
+        raise ValueError(f"the loader gave {len(dup)} duplicate sample id(s), e.g. {dup[:3]}")
+
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in sorted(samples, key=lambda s: s.sample_id):
+        if _shard_of(s.image_key, n) == i:
+            groups[s.image_key].append(s)
+    store = RecordStore(out / "records" / f"shard-{i:05d}-of-{n:05d}.jsonl")
+    if store.truncated_bytes:
+        log(f"prepare: resumed; dropped a partial record ({store.truncated_bytes} bytes) cut by an interruption")
+    todo = [g for _, g in sorted(groups.items()) if not all(s.sample_id in store.done for s in g)]
+    todo = [[s for s in g if s.sample_id not in store.done] for g in todo]
+    n_done = sum(len(g) for g in groups.values()) - sum(len(g) for g in todo)
+    log(f"prepare: {cfg.dataset} shard {i}/{n}: {len(groups)} images, {n_done} samples already done, "
+        f"{sum(len(g) for g in todo)} to do ({len(skipped)} loader skips)")
+    bar = _progress(len(todo), cfg.progress and sys.stderr.isatty())
+    if cfg.workers > 1 and cfg.proposals == "region":
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(cfg.workers, _init_worker, (cfg,)) as pool:
+            for recs in pool.imap(_work, todo, chunksize=1):
+                store.write(recs)
+                bar.update(1)
+    else:
+        worker = ImageWorker(cfg)
+        for g in todo:
+            store.write(worker(g))
+            bar.update(1)
+    bar.close()
+    store.close()
+    with atomic_path(out / "records" / f"shard-{i:05d}-of-{n:05d}.done") as tmp:
+        Path(tmp).write_text(f"{len(store.done)}\n")
+    missing = [k for k in range(n) if not (out / "records" / f"shard-{k:05d}-of-{n:05d}.done").exists()]
+    if missing:
+        log(f"prepare: shard {i}/{n} done; waiting for shard(s) {missing}: rerun any shard once they finish")
+        return None
+    summary = write_outputs(cfg, skipped)
+    log(f"prepare: wrote {out} in {time.time() - t0:.1f} s: {summary['rows']}")
+    return summary
+
+
+class _NoBar:
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", desc="prepare")
+
+
+# ---------------------------------------------------------------------- outputs
+def write_outputs(cfg: PrepareConfig, loader_skips: list[Skipped]) -> dict:
+    """Write the training files and ``summary.json`` from every shard's records."""
+    out = Path(cfg.out)
+    n = cfg.shard[1]
+    records = read_records([out / "records" / f"shard-{k:05d}-of-{n:05d}.jsonl" for k in range(n)])
+    ok = [r for r in records if r["status"] == "ok"]
+    by_split: dict[str, list[dict]] = defaultdict(list)
+    for r in ok:
+        by_split[r["sample"]["split"] or "all"].append(r)
+
+    rows: dict[str, int] = {}
+    for split, recs in sorted(by_split.items()):
+        samples = [sample_from_dict(r["sample"]) for r in recs]
+        if "swift" in cfg.formats:
+            sft, ref = [], []
+            for r, s in zip(recs, samples):
+                for e in range(len(s.expressions)):
+                    q = writers.sample_question(s, e, cfg.template)
+                    sft.append(writers.swift_row(s.image_path, q, r["answer"]))
+                    if r["refine"]:
+                        ref.append(writers.swift_row(s.image_path, q, r["refine"]["turn1"],
+                                                     [(writers.REFINE_PROMPT, r["refine"]["turn2"])]))
+            rows[f"swift/{split}.jsonl"] = writers.write_jsonl(out / "swift" / f"{split}.jsonl", sft)
+            rows[f"swift/{split}_refine.jsonl"] = writers.write_jsonl(out / "swift" / f"{split}_refine.jsonl", ref)
+        extra = [{"seg_upper_bound_iou": r["achieved_iou"]} if r["achieved_iou"] else None for r in recs]
+        if "easyr1" in cfg.formats:
+            er = [writers.easyr1_row_for(s, expression_index=e, template=cfg.template, extra=x)
+                  for s, x in zip(samples, extra) for e in range(len(s.expressions))]
+            rows[f"easyr1/{split}.jsonl"] = writers.write_jsonl(out / "easyr1" / f"{split}.jsonl", er)
+        if "verl" in cfg.formats:
+            vr, index = [], 0
+            for s, x in zip(samples, extra):
+                for e in range(len(s.expressions)):
+                    vr.append(writers.verl_row_for(s, index=index, expression_index=e, template=cfg.template,
+                                                   data_source=f"getok_{cfg.dataset}", extra=x))
+                    index += 1
+            if vr:
+                rows[f"verl/{split}.parquet"] = writers.write_parquet(out / "verl" / f"{split}.parquet", vr)
+
+    summary = summarize(records, loader_skips, rows)
+    summary["config"] = cfg.identity()
+    with atomic_path(out / "summary.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def summarize(records: list[dict], loader_skips: list[Skipped], rows: dict[str, int]) -> dict:
+    """Counts, skipped rows with reasons, mean tokens per mask, mean achieved IoU, histogram."""
+    ok = [r for r in records if r["status"] == "ok"]
+    skipped = [r for r in records if r["status"] != "ok"]
+    ppm = [p for r in ok for p in r["points_per_mask"]]
+    ious = [x for r in ok for x in r["achieved_iou"]]
+    hist = Counter(c for r in ok if r["refine"] for c in r["refine"]["categories"])
+    reasons = Counter(r["reason"].split(":")[0] for r in skipped)
+    reasons.update(f"loader: {s.reason.split(':')[0]}" for s in loader_skips)
+    tasks = Counter(r["sample"]["task"] for r in ok)
+    return {
+        "samples": len(records) + len(loader_skips),
+        "ok": len(ok),
+        "skipped": len(skipped) + len(loader_skips),
+        "skip_reasons": dict(sorted(reasons.items())),
+        "tasks": dict(sorted(tasks.items())),
+        "no_target": sum(1 for r in ok if not r["sample"]["targets"]),
+        "expressions": sum(len(r["sample"]["expressions"]) for r in ok),
+        "masks": len(ppm),
+        "mean_tokens_per_mask": round(float(np.mean(ppm)), 4) if ppm else None,
+        "mean_achieved_iou": round(float(np.mean(ious)), 4) if ious else None,
+        "refinement_conversations": sum(1 for r in ok if r["refine"]),
+        "offset_categories": {c: hist.get(c, 0) for c in CATEGORIES},
+        "rows": rows,
+        "skipped_rows": [{k: r[k] for k in ("sample_id", "source", "field", "reason")} for r in skipped]
+                        + [dict(asdict(s), stage="loader") for s in loader_skips],
+    }
+
+
+__all__ = ["PrepareConfig", "prepare", "write_outputs", "summarize", "ImageWorker", "FORMATS",
+           "sample_to_dict", "sample_from_dict"]
