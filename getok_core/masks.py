@@ -2,7 +2,8 @@
 
 A mask is a boolean array of shape (H, W) in the original image frame. An RLE is the COCO dict
 ``{"size": [H, W], "counts": str}`` (compressed counts as text, so it survives JSON). Both forms
-give the same IoU: tests check them against each other.
+give the same IoU: tests check them against each other. Every RLE is checked in Python before it
+reaches pycocotools (``rle_problem``), whose C code trusts its input.
 """
 
 from __future__ import annotations
@@ -20,10 +21,96 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+#: Largest mask side accepted from data (pixels).
+MAX_SIDE = 100_000
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _short(x, limit: int = 40) -> str:
+    s = repr(x)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def rle_string_counts(s: str) -> list[int] | None:
+    """Run lengths of a COCO compressed RLE string, or None when the string is malformed.
+
+    The encoding (pycocotools ``rleToString``): each count is split into 5-bit groups, low
+    first, one character (48 + group, 0x20 = more groups follow) per group, the last group's bit
+    0x10 being the sign; counts from the fourth on are stored as differences to the count two
+    before. A count must end up in [0, 2**32).
+    """
+    counts: list[int] = []
+    p, n = 0, len(s)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n or k >= 7:  # truncated, or more than 35 bits
+                return None
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if not 0 <= x < 2**32:
+            return None
+        counts.append(x)
+    return counts
+
+
+def rle_problem(rle, size: tuple[int, int] | None = None) -> str | None:
+    """None when ``rle`` is a well-formed COCO RLE (of an image of ``size`` = (W, H) when given),
+    else the reason. Accepts compressed counts (str or bytes) and uncompressed counts (list)."""
+    if not isinstance(rle, dict):
+        return f"RLE must be an object with 'size' and 'counts', got {type(rle).__name__}"
+    extra = set(rle) - {"size", "counts"}
+    if extra:
+        return f"RLE has unknown key(s) {sorted(map(str, extra))}"
+    sz = rle.get("size")
+    if not (isinstance(sz, (list, tuple)) and len(sz) == 2 and all(_is_int(t) for t in sz)):
+        return f"RLE size must be [height, width] integers, got {_short(sz)}"
+    h, w = sz
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        return f"RLE size {h}x{w} (HxW) out of range"
+    if size is not None and (w, h) != (size[0], size[1]):
+        return f"RLE size [H, W] = [{h}, {w}] does not match the image size (W, H) = ({size[0]}, {size[1]})"
+    counts = rle.get("counts")
+    if isinstance(counts, (bytes, bytearray)):
+        try:
+            counts = bytes(counts).decode("ascii")
+        except UnicodeDecodeError:
+            return "RLE counts are not ASCII"
+    if isinstance(counts, str):
+        runs = rle_string_counts(counts)
+        if runs is None:
+            return "RLE counts string is corrupt"
+    elif isinstance(counts, list):
+        if not all(_is_int(c) and 0 <= c < 2**32 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        runs = counts
+    else:
+        return f"RLE counts must be a string or a list, got {type(counts).__name__}"
+    total = sum(runs)
+    if total != h * w:
+        return f"RLE counts cover {total} pixels, the mask has {h * w}"
+    return None
+
+
 def to_coco(rle: dict) -> dict:
-    """An RLE dict in the form pycocotools takes (compressed counts as bytes)."""
-    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise ValueError("RLE must be a dict with 'size' and 'counts'")
+    """An RLE dict in the form pycocotools takes (compressed counts as bytes). Raises ValueError
+    on a malformed RLE: pycocotools does not check counts, and corrupt ones crash the process."""
+    problem = rle_problem(rle)
+    if problem:
+        raise ValueError(problem)
     h, w = (int(t) for t in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE (COCO iscrowd annotations)
