@@ -8,6 +8,9 @@ from .coords import (box_norm_to_pixel, box_pixel_to_norm, input_to_original, no
                      original_to_input, pixel_to_norm, smart_resize)
 from .instance import (Instance, InstanceCells, anchors, apply_offsets, decode_instance, encode_instance,
                        instance_from_dict, instance_to_dict, quantize)
+from .greedy import PackedProposals, greedy_select
+from .offsets import offset_targets, sample_refinement
+from .records import Sample, Skipped, Target
 from .vocab import DELETE, ELEMENTS, NONE, STRUCTURAL_TAGS, GetokVocab
 
 __version__ = "0.1.0"
@@ -19,5 +22,6 @@ __all__ = [
     "instance_from_dict", "instance_to_dict",
     "pixel_to_norm", "norm_to_pixel", "box_pixel_to_norm", "box_norm_to_pixel",
     "smart_resize", "original_to_input", "input_to_original",
+    "greedy_select", "PackedProposals", "offset_targets", "sample_refinement", "Sample", "Target", "Skipped",
     "DELETE", "NONE", "ELEMENTS", "STRUCTURAL_TAGS", "__version__",
 ]

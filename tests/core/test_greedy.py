@@ -284,3 +284,16 @@ def test_popcount_fallback_and_lut_path(monkeypatch):
     gt, props = random_scene(11, 40, 56, 6, "shapes", 0.2)
     monkeypatch.setattr(greedy, "_popcount", greedy._popcount_lut)
     assert greedy_select(gt, props) == naive_greedy(gt, props)
+
+
+def test_corrupt_rle_is_rejected_before_pycocotools():
+    """pycocotools trusts RLE counts (a corrupt string crashed the interpreter): we check first."""
+    from getok_core.masks import decode_rle, rle_area, rle_ious
+
+    for bad in ({"size": [4, 4], "counts": "0\\\\"}, {"size": [4, 4], "counts": [3, 3]},
+                {"size": [4, -4], "counts": "04"}, {"size": [4, 4]}, "not an rle"):
+        for fn in (decode_rle, rle_area):
+            with pytest.raises(ValueError):
+                fn(bad)
+        with pytest.raises(ValueError):
+            rle_ious([bad], {"size": [4, 4], "counts": [16]})
