@@ -28,7 +28,7 @@ VERSION = 1
 #: Largest image side accepted (pixels).
 
 _TOP_KEYS = ("version", "sample_id", "image_key", "image_path", "image_size", "task", "expression",
-             "no_target", "targets", "ignore", "extra")
+             "expression_index", "no_target", "targets", "ignore", "extra")
 _REQUIRED = ("version", "image_size", "task", "targets")
 _TARGET_KEYS = ("mask", "box", "points", "polyline")
 _MAX_ERRORS = 20
@@ -100,6 +100,7 @@ def make_ground_truth(sample: Sample, expression: str | None = None, *, expressi
         "image_size": [int(sample.image_size[0]), int(sample.image_size[1])],
         "task": sample.task,
         "expression": expression,
+        "expression_index": int(expression_index),
         "no_target": not sample.targets,
         "targets": [target_to_dict(t) for t in sample.targets],
         "ignore": _rle_out(sample.ignore),
@@ -223,6 +224,10 @@ def _normalize(obj) -> tuple[dict | None, list[str]]:
         elif not _utf8(value):
             errors.append(f"{key} is not valid Unicode (lone surrogate)")
         out[key] = value if isinstance(value, str) else ""
+    index = obj.get("expression_index", 0)
+    if not (_is_int(index) and index >= 0):
+        errors.append(f"expression_index must be a non-negative integer, got {_short(index)}")
+    out["expression_index"] = index if _is_int(index) and index >= 0 else 0
     size = obj["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(t) for t in size)
             and all(0 < t <= MAX_SIDE for t in size)):
@@ -269,6 +274,11 @@ def _normalize(obj) -> tuple[dict | None, list[str]]:
         except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
             errors.append(f"extra must hold plain JSON (finite numbers, strings, lists, objects): {exc}"[:200])
     return (None, errors) if errors else ({k: out[k] for k in _TOP_KEYS}, [])
+
+
+def expression_id(gt: dict) -> str:
+    """``"SAMPLE_ID#EXPRESSION_INDEX"``: the key that matches predictions to ground truths."""
+    return f"{gt.get('sample_id', '')}#{gt.get('expression_index', 0)}"
 
 
 def validate(obj) -> list[str]:
@@ -322,4 +332,4 @@ def loads(text, strict: bool = True) -> dict | None:
 
 
 __all__ = ["VERSION", "GroundTruthError", "make_ground_truth", "dumps", "loads", "validate",
-           "rle_problem", "rle_string_counts", "target_to_dict", "target_from_dict", "targets_of"]
+           "rle_problem", "rle_string_counts", "expression_id", "target_to_dict", "target_from_dict", "targets_of"]

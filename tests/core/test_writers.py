@@ -46,7 +46,7 @@ def test_make_ground_truth_fields():
     gt = _gt_dict()
     assert gt == {
         "version": 1, "sample_id": "ds/1", "image_key": "img 1.png", "image_path": "/data/img 1.png",
-        "image_size": [W, H], "task": "seg", "expression": "the red cup", "no_target": False,
+        "image_size": [W, H], "task": "seg", "expression": "the red cup", "expression_index": 0, "no_target": False,
         "targets": [{"mask": encode_rle(_mask()), "box": [0.3, 0.25, 0.7, 0.625], "points": [[0.5, 0.375]],
                      "polyline": None}],
         "ignore": encode_rle(np.eye(H, W, dtype=bool)), "extra": {},
