@@ -176,6 +176,67 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _decoder_kwargs(args) -> dict:
+    if args.decoder == "region":
+        return {"mode": args.mode}
+    if not args.sam_checkpoint:
+        raise ValueError(f"--decoder {args.decoder} needs --sam-checkpoint PATH (no weights are downloaded)")
+    kw = {"checkpoint": args.sam_checkpoint, "device": args.device, "mode": args.mode}
+    kw["model_type" if args.decoder == "sam" else "config"] = args.sam_model
+    return kw
+
+
+def _decoder_opts(sp, default="region"):
+    sp.add_argument("--decoder", default=default, choices=["none", "region", "sam", "sam2"],
+                    help=f"mask decoder for <seg> answers (default {default}; region needs no weights)")
+    sp.add_argument("--mode", default="joint", choices=["joint", "union"],
+                    help="joint: one prompt with all points + box; union: OR of per-point masks")
+    sp.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint file")
+    sp.add_argument("--sam-model", default="vit_h", help="SAM model type, or SAM 2 config")
+    sp.add_argument("--device", default="cpu")
+
+
+def cmd_eval(args) -> int:
+    from .decoders import make_decoder
+    from .evaluate import evaluate
+
+    decoder = None if args.decoder == "none" else make_decoder(args.decoder, **_decoder_kwargs(args))
+    evaluate(args.pred, args.data, args.out, decoder, split=args.split,
+             vocab=GetokVocab(args.grid_size), n_first=args.first, n_worst=args.worst, strict=args.strict)
+    return 0
+
+
+def cmd_viz(args) -> int:
+    import numpy as np
+
+    from .decoders import load_image, make_decoder
+    from .viz import render_overlay
+
+    vocab = GetokVocab(args.grid_size)
+    image = load_image(args.image)
+    parsed = parse_answer(_read_text(args.text), vocab)
+    masks = []
+    if args.decoder != "none" and parsed.instances:
+        decoder = make_decoder(args.decoder, **_decoder_kwargs(args))
+        masks = decoder.decode([(args.image, image, i) for i in parsed.instances])
+    gt_masks, gt_boxes, caption = [], [], args.caption
+    if args.gt:
+        from . import groundtruth
+        from .masks import decode_rle
+
+        raw = args.gt if args.gt.lstrip()[:1] == "{" else Path(args.gt).read_text()
+        gt = groundtruth.loads(raw, strict=True)
+        gt_masks = [decode_rle(t["mask"]) for t in gt["targets"] if t.get("mask")]
+        gt_boxes = [t["box"] for t in gt["targets"] if t.get("box")]
+        caption = caption or gt["expression"]
+    img = render_overlay(image, vocab, parsed.instances, pred_masks=[np.asarray(m) for m in masks],
+                         gt_masks=gt_masks, gt_boxes=gt_boxes, caption=caption, grid=not args.no_grid)
+    img.save(args.out)
+    print(f"wrote {args.out} ({len(parsed.instances)} instance(s); "
+          f"{'valid' if parsed.valid else 'INVALID: ' + '; '.join(parsed.errors[:3])})")
+    return 0
+
+
 def _template(text: str):
     return text if text == "auto" else int(text)
 
@@ -262,6 +323,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this process's share of the images")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("eval", help="score model outputs, write metrics.json and an HTML report",
+                        description="Score predictions (swift infer result JSONL, or {id, response} JSONL with "
+                                    "id = SAMPLE_ID#EXPRESSION_INDEX) against DATA/easyr1/SPLIT.jsonl written by "
+                                    "getok prepare. Prints a table; writes metrics.json, per_sample.jsonl, "
+                                    "overlays and index.html into OUT.")
+    sp.add_argument("--pred", required=True, help="predictions JSONL")
+    sp.add_argument("--data", required=True, help="the getok prepare output folder")
+    sp.add_argument("--split", default="val")
+    sp.add_argument("--out", required=True, help="report folder")
+    sp.add_argument("--grid-size", type=int, default=32)
+    sp.add_argument("--first", type=int, default=12, help="overlays of the first N expressions")
+    sp.add_argument("--worst", type=int, default=12, help="overlays of the worst N expressions")
+    sp.add_argument("--strict", action="store_true", help="an invalid answer counts as empty")
+    _decoder_opts(sp)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("viz", help="draw a token answer on an image",
+                        description="Overlay an answer (grid, tokens, decoded masks) and optionally a ground "
+                                    "truth JSON on IMAGE, written as a PNG.")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--text", required=True, help="the answer text, or - for stdin")
+    sp.add_argument("--out", required=True, help="PNG path")
+    sp.add_argument("--gt", help="ground-truth JSON (string or file) to draw in green")
+    sp.add_argument("--caption")
+    sp.add_argument("--no-grid", action="store_true")
+    sp.add_argument("--grid-size", type=int, default=32)
+    _decoder_opts(sp)
+    sp.set_defaults(func=cmd_viz)
 
     sp = sub.add_parser("demo", help="run the bundled example end to end",
                         description="Encode the bundled annotations and parse bundled model outputs.")
