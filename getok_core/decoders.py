@@ -11,12 +11,18 @@ masks of each point prompted alone, clipped to the box when there is one.
 Implementations: ``RegionDecoder`` (no weights; ``getok_core.region_decoder``), ``SamDecoder``
 and ``Sam2Decoder`` (``getok_core.sam_decoder``; torch and segment-anything / sam2 needed).
 Use ``make_decoder(name, **kwargs)`` to build one by name.
+
+Shared helpers: ``ByteLRUCache`` (the per-image caches of the decoders: least-recently-used,
+bounded by bytes), ``box_pixel_mask`` and ``point_pixel`` (how a normalized box / point meets the
+pixel grid of the original image).
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Hashable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -63,6 +69,128 @@ def load_image(source: ImageSource) -> np.ndarray:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read image {source!r}: {exc}") from exc
+
+
+class ByteLRUCache:
+    """A mapping bounded by bytes that evicts the least recently used entries.
+
+    ``put(key, value, nbytes)`` stores ``value`` with its size (the caller says what one entry
+    costs) and evicts least-recently-used entries until the total fits ``max_bytes``; an entry
+    larger than ``max_bytes`` on its own is not stored (``put`` returns False), so
+    ``max_bytes = 0`` disables the cache. ``get`` marks an entry as most recently used; ``peek``
+    does not. ``keys()`` lists keys from least to most recently used. ``nbytes`` is the sum of
+    the stored entries' sizes, never above ``max_bytes``; ``evictions`` counts evicted entries.
+    """
+
+    def __init__(self, max_bytes: int):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        self.max_bytes = int(max_bytes)
+        self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self.nbytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._data))
+
+    def keys(self) -> list:
+        """Keys, least recently used first."""
+        return list(self._data)
+
+    def get(self, key, default=None):
+        """The value of ``key`` (now the most recently used), or ``default``."""
+        item = self._data.get(key)
+        if item is None:
+            return default
+        self._data.move_to_end(key)
+        return item[0]
+
+    def peek(self, key, default=None):
+        """The value of ``key`` without touching its recency, or ``default``."""
+        item = self._data.get(key)
+        return default if item is None else item[0]
+
+    def entry_nbytes(self, key) -> int:
+        return self._data[key][1]
+
+    def put(self, key, value, nbytes: int) -> bool:
+        """Store ``value`` (size ``nbytes``) as the most recently used entry; False if it alone
+        exceeds ``max_bytes`` (then nothing is stored and an old entry of that key is dropped)."""
+        nbytes = int(nbytes)
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        self.pop(key)
+        if nbytes > self.max_bytes:
+            return False
+        while self._data and self.nbytes + nbytes > self.max_bytes:
+            _, (_, size) = self._data.popitem(last=False)
+            self.nbytes -= size
+            self.evictions += 1
+        self._data[key] = (value, nbytes)
+        self.nbytes += nbytes
+        return True
+
+    def pop(self, key, default=None):
+        item = self._data.pop(key, None)
+        if item is None:
+            return default
+        self.nbytes -= item[1]
+        return item[0]
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.nbytes = 0
+
+    def __repr__(self) -> str:
+        return f"ByteLRUCache({len(self)} entries, {self.nbytes}/{self.max_bytes} bytes)"
+
+
+#: Positions this close below a pixel edge count as on it (absorbs float rounding of u * W, so
+#: that a cell centre (x + 0.5) / n lands in the same pixel as ``proposals.grid_pixels`` says).
+PIXEL_EPS = 1e-7
+
+
+def point_pixel(uv, size: tuple[int, int]) -> tuple[int, int]:
+    """(row, col) of the pixel containing the normalized point ``uv`` in an image of ``size`` =
+    (W, H): col = floor(u * W) clamped into [0, W - 1], likewise rows (SPEC §1)."""
+    u, v = uv
+    w, h = size
+    col = min(max(math.floor(u * w + PIXEL_EPS), 0), w - 1)
+    row = min(max(math.floor(v * h + PIXEL_EPS), 0), h - 1)
+    return row, col
+
+
+def _box_axis(lo: float, hi: float, n: int) -> tuple[int, int]:
+    lo, hi = min(lo, hi), max(lo, hi)
+    first = math.ceil(lo - 0.5 - PIXEL_EPS)  # pixel i's centre is i + 0.5
+    last = math.floor(hi - 0.5 + PIXEL_EPS)
+    if first > last:  # no centre inside: the pixel holding the box's middle
+        first = last = math.floor((lo + hi) / 2)
+    return min(max(first, 0), n - 1), min(max(last, 0), n - 1) + 1
+
+
+def box_pixel_mask(box, size: tuple[int, int]) -> np.ndarray:
+    """Bool (H, W) mask of the pixels inside the normalized box ``(u1, v1, u2, v2)`` in an image
+    of ``size`` = (W, H).
+
+    A pixel is inside when its centre (col + 0.5, row + 0.5) lies in [u1 W, u2 W] x [v1 H, v2 H]
+    (edges included). On an axis where the box holds no pixel centre (narrower than a pixel), the
+    pixel containing the box's middle is taken, so a box is never empty. Boxes are clipped to the
+    image; a box wholly outside the image keeps the border pixels nearest to it.
+    """
+    w, h = size
+    u1, v1, u2, v2 = box
+    c0, c1 = _box_axis(u1 * w, u2 * w, w)
+    r0, r1 = _box_axis(v1 * h, v2 * h, h)
+    out = np.zeros((h, w), bool)
+    out[r0:r1, c0:c1] = True
+    return out
 
 
 class MaskDecoder:
