@@ -1,23 +1,63 @@
 #!/usr/bin/env bash
-# GETok quickstart on CPU: builds (or reuses) a small pinned environment with getok_core, then runs
-# the bundled example end to end (geometry -> tokens -> geometry, parsing model outputs, a
-# refinement turn) and writes the vocabulary file for ms-swift's --new_special_tokens.
+# GETok quickstart on CPU, end to end on the embedded default: builds (or reuses) the pinned swift
+# environment, then
+#   1. draws the bundled sample dataset and prepares it (region proposals: no SAM weights needed),
+#   2. builds a tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer,
+#   3. fine-tunes it with ms-swift and the GETok plugin for a few steps (swift sft, getok_lora),
+#   4. answers the validation split with the adapter (swift infer --adapters),
+#   5. scores the answers (getok eval: metrics table, metrics.json, overlays, index.html).
+# The tiny model is random: the point is the pipeline, not the scores.
 #
-#   bash recipes/quickstart.sh                 # outputs in ./out/quickstart
-#   GETOK_OUT=/tmp/q bash recipes/quickstart.sh
+#   bash recipes/quickstart.sh                   # outputs in ./out/quickstart
+#   GETOK_OUT=/tmp/q STEPS=20 bash recipes/quickstart.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${GETOK_OUT:-$root/out/quickstart}
-grid=${GETOK_GRID_SIZE:-32}
-source "$root/scripts/env.sh"
-venv=$(getok_env core)
-mkdir -p "$out"
+out=$(mkdir -p "${GETOK_OUT:-$root/out/quickstart}" && cd "${GETOK_OUT:-$root/out/quickstart}" && pwd)
+steps=${STEPS:-30}                # swift sft steps
+new_tokens=${MAX_NEW_TOKENS:-48}  # swift infer answer length
+export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
+# offline: nothing is downloaded at run time
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 USE_HF=1 TOKENIZERS_PARALLELISM=false
+export MODELSCOPE_CACHE="$out/.modelscope" GETOK_CACHE="$out/.getok-cache"
 
-"$venv/bin/getok" demo --grid-size "$grid"
-"$venv/bin/getok" vocab --grid-size "$grid" --out "$out/getok_tokens.txt"
-"$venv/bin/getok" encode --image-size 640,480 --box 120,80,400,360 --seg 260,220 300,150 > "$out/answer.txt"
-"$venv/bin/getok" decode - --image-size 640,480 < "$out/answer.txt" > "$out/decoded.json"
+source "$root/scripts/env.sh"
+venv=$(getok_env swift)
+export PATH="$venv/bin:$PATH"
+t0=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
+
+step "the vocabulary"
+getok vocab --grid-size "$GETOK_GRID_SIZE" --out "$out/getok_tokens.txt"
+getok encode --image-size 640,480 --box 120,80,400,360 --seg 260,220 300,150
+
+step "sample dataset + getok prepare (region proposals)"
+getok prepare --dataset sample --out "$out/data" --formats swift,easyr1 --workers 2 --no-progress
+
+step "tiny Qwen2.5-VL"
+[ -f "$out/tiny/config.json" ] || getok tiny-model --out "$out/tiny"
+
+step "swift sft ($steps steps, getok_lora, CPU)"
+rm -rf "$out/sft"
+swift sft --custom_register_path "$root/swift_plugin/register.py" \
+  --model "$out/tiny" --model_type getok_qwen2_5_vl --template getok_qwen2_5_vl --tuner_type getok_lora \
+  --dataset "$out/data/swift/train.jsonl" "$out/data/swift/train_refine.jsonl" \
+  --max_steps "$steps" --per_device_train_batch_size 2 --gradient_accumulation_steps 1 \
+  --learning_rate 5e-3 --lr_scheduler_type constant --warmup_ratio 0 --torch_dtype float32 \
+  --gradient_checkpointing false --save_only_model true --save_steps "$steps" --logging_steps 5 \
+  --dataloader_num_workers 0 --dataset_num_proc 1 --split_dataset_ratio 0 --report_to none \
+  --output_dir "$out/sft" > "$out/sft.log" 2>&1 || { tail -40 "$out/sft.log"; exit 1; }
+grep -E "'loss'|train_runtime" "$out/sft.log" | tail -3 || true
+ckpt=$(ls -d "$out"/sft/v*/checkpoint-* | sort -V | tail -1)
+
+step "swift infer --adapters $ckpt (validation split)"
+swift infer --adapters "$ckpt" --val_dataset "$out/data/swift/val.jsonl" --max_new_tokens "$new_tokens" \
+  --temperature 0 --max_batch_size 8 --result_path "$out/infer.jsonl" > "$out/infer.log" 2>&1 \
+  || { tail -40 "$out/infer.log"; exit 1; }
+echo "$(wc -l < "$out/infer.jsonl") answers in $out/infer.jsonl; first: $(head -c 300 "$out/infer.jsonl")"
+
+step "getok eval (region decoder)"
+getok eval --pred "$out/infer.jsonl" --data "$out/data" --split val --out "$out/report" --decoder region
+
 echo
-echo "quickstart: wrote $out/getok_tokens.txt ($(wc -l < "$out/getok_tokens.txt") tokens),"
-echo "            $out/answer.txt: $(cat "$out/answer.txt")"
-echo "            $out/decoded.json"
+echo "quickstart: done in $(( $(date +%s) - t0 )) s. Metrics: $out/report/metrics.json"
+echo "            report: $out/report/index.html   (overlays: $out/report/overlays/)"

@@ -9,17 +9,16 @@ registers (idempotently: loading it twice, as a file and as ``swift_plugin.regis
 - datasets ``getok-sample``, ``getok-sample-refine``, ``getok-sample-val``, ``getok-sample-val-refine``
   and the files in ``GETOK_DATASET_PATHS`` (``swift_plugin.getok_dataset``)
 - the tuner ``getok_lora`` (``swift_plugin.getok_tuner``)
-- the GRPO reward ORMs of ``swift_plugin.rewards`` when that module is present
+- the GRPO reward ORMs ``getok_grid``, ``getok_refine`` and one per component
+  (``swift_plugin.getok_rewards``)
 
 Pass absolute paths: ms-swift saves them in args.json and ``swift infer --adapters CKPT`` /
 ``swift export`` replay them. docs/swift.md has the whole story.
 """
 
-import importlib
-import importlib.util
-
 from swift_plugin import getok_dataset as _dataset
 from swift_plugin import getok_model as _model
+from swift_plugin import getok_rewards as _rewards
 from swift_plugin import getok_template as _template
 from swift_plugin import getok_tuner as _tuner
 
@@ -28,12 +27,7 @@ REGISTERED = {
     "templates": _template.register(),
     "datasets": _dataset.register(),
     "tuners": _tuner.register(),
+    "orms": _rewards.register(),
 }
-
-# Further plugin modules register themselves when present (GRPO rewards: swift_plugin/rewards.py,
-# ``register()`` into swift.rewards.orms). An error inside them is raised, not hidden.
-for _name, _key in (("swift_plugin.rewards", "orms"),):
-    if importlib.util.find_spec(_name) is not None:
-        REGISTERED[_key] = importlib.import_module(_name).register()
 
 __all__ = ["REGISTERED"]

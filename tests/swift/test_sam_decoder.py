@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-segment_anything = pytest.importorskip("segment_anything")
+import segment_anything  # noqa: F401  (tests/swift run in the swift environment: a missing package fails)
+import torch
 
 from segment_anything import SamPredictor  # noqa: E402
 

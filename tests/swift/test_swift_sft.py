@@ -13,8 +13,8 @@ import pytest
 from getok_core import GetokVocab, parse_answer
 
 pytestmark = pytest.mark.swift
-torch = pytest.importorskip("torch")
-pytest.importorskip("swift")
+import swift  # noqa: F401  (tests/swift run in the swift environment: a missing package fails)
+import torch
 
 VOCAB = GetokVocab()
 FIRST_GETOK_ID = 151665  # right after Qwen2.5's 151665 tokens (151643 BPE + 22 added)
