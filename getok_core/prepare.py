@@ -15,6 +15,7 @@ Output folder::
     records/loader-skips.json     rows the dataset loader could not use
     swift/SPLIT.jsonl             SFT rows (question, answer)
     swift/SPLIT_refine.jsonl      SFT two-turn rows (proposal, then offsets)
+    swift/SPLIT_grpo.jsonl        ms-swift GRPO rows (user turn, ground truth in `solution`)
     easyr1/SPLIT.jsonl            EasyR1 GRPO rows (prompt, ground-truth JSON)
     verl/SPLIT.parquet            verl GRPO rows
     summary.json                  counts, every skipped row with its reason, mean tokens per
@@ -347,6 +348,11 @@ def write_outputs(cfg: PrepareConfig, loader_skips: list[Skipped]) -> dict:
             rows[f"swift/{split}.jsonl"] = writers.write_jsonl(out / "swift" / f"{split}.jsonl", sft)
             rows[f"swift/{split}_refine.jsonl"] = writers.write_jsonl(out / "swift" / f"{split}_refine.jsonl", ref)
         extra = [{"seg_upper_bound_iou": r["achieved_iou"]} if r["achieved_iou"] else None for r in recs]
+        if "swift" in cfg.formats:
+            grpo = [writers.swift_grpo_row(s.image_path, writers.sample_question(s, e, cfg.template),
+                                           groundtruth.make_ground_truth(s, expression_index=e, extra=x))
+                    for s, x in zip(samples, extra) for e in range(len(s.expressions))]
+            rows[f"swift/{split}_grpo.jsonl"] = writers.write_jsonl(out / "swift" / f"{split}_grpo.jsonl", grpo)
         if "easyr1" in cfg.formats:
             er = [writers.easyr1_row_for(s, expression_index=e, template=cfg.template, extra=x)
                   for s, x in zip(samples, extra) for e in range(len(s.expressions))]

@@ -115,6 +115,13 @@ def swift_row(image_path, question_text: str, answer: str,
     return {"messages": messages, "images": _images(image_path)}
 
 
+def swift_grpo_row(image_path, question_text: str, ground_truth) -> dict:
+    """An ms-swift GRPO row: the user turn, and the ground-truth JSON in the ``solution`` column
+    (ms-swift passes extra columns to reward functions; the getok ORMs read ``solution``)."""
+    return {"messages": [{"role": "user", "content": _user_content(question_text)}],
+            "images": _images(image_path), "solution": _gt_string(ground_truth)}
+
+
 def easyr1_row(image_path, question_text: str, ground_truth) -> dict:
     """An EasyR1 row; ``ground_truth`` is a ground-truth dict or JSON string (validated)."""
     return {"prompt": _user_content(question_text), "answer": _gt_string(ground_truth),
@@ -214,5 +221,5 @@ def write_rows(path, rows: Iterable[dict]) -> int:
 
 
 __all__ = ["PROMPT_TEMPLATES", "REFINE_PROMPT", "IMAGE_TAG", "DEFAULT_AGENT", "question", "sample_question",
-           "swift_row", "easyr1_row", "verl_row", "swift_row_for", "easyr1_row_for", "verl_row_for",
+           "swift_row", "swift_grpo_row", "easyr1_row", "verl_row", "swift_row_for", "easyr1_row_for", "verl_row_for",
            "atomic_path", "write_jsonl", "write_parquet", "write_rows"]
