@@ -325,6 +325,24 @@ def _check_region(method: str, params: dict) -> tuple[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------- SAM
+def load_sam(model_type: str, checkpoint, device=None):
+    """``segment_anything.sam_model_registry[model_type](checkpoint=path)`` in eval mode on
+    ``device`` (default: CUDA when available, else CPU), with clear errors for a bad type or path."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    if model_type not in sam_model_registry:
+        raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(sam_model_registry)}")
+    if checkpoint is None:
+        raise ValueError("a SAM checkpoint path is needed (e.g. sam_vit_h_4b8939.pth); none is downloaded")
+    path = os.fspath(checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"SAM checkpoint not found: {path}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = sam_model_registry[model_type](checkpoint=path)
+    return model.to(device).eval()
+
+
 class SamProposer:
     """Proposals from segment-anything (SAM 1): one single-point prompt per grid point.
 
@@ -371,18 +389,7 @@ class SamProposer:
         (default: CUDA when available, else CPU) in eval mode. The cache identity is the loaded
         weights' fingerprint (two checkpoints with the same file name never share cache entries)
         unless ``model_id`` is given. Other keyword arguments go to the constructor."""
-        import torch
-        from segment_anything import sam_model_registry
-
-        if model_type not in sam_model_registry:
-            raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(sam_model_registry)}")
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = sam_model_registry[model_type](checkpoint=path)
-        model.to(device).eval()
-        return cls(model, **kwargs)
+        return cls(load_sam(model_type, checkpoint, device), **kwargs)
 
     @property
     def tag(self) -> str:

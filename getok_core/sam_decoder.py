@@ -324,20 +324,9 @@ class SamDecoder(_PromptableDecoder):
         ``device`` (default: CUDA when available, else CPU), wrapped in a decoder. ``dtype``
         (float16 / bfloat16) applies on CUDA only. Other keyword arguments (mode, batch_size,
         multimask, cache_device) go to the constructor."""
-        import torch
-        from segment_anything import sam_model_registry
+        from .proposals import load_sam
 
-        if model_type not in sam_model_registry:
-            raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(sam_model_registry)}")
-        if checkpoint is None:
-            raise ValueError("SamDecoder.from_checkpoint needs checkpoint=PATH (e.g. sam_vit_h_4b8939.pth)")
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = sam_model_registry[model_type](checkpoint=path)
-        model.to(device).eval()
-        return cls(model, dtype=dtype, cache_bytes=cache_bytes, **kwargs)
+        return cls(load_sam(model_type, checkpoint, device), dtype=dtype, cache_bytes=cache_bytes, **kwargs)
 
     def _encode(self, rgb: np.ndarray) -> dict:
         p = self.predictor
