@@ -34,37 +34,45 @@ def _short(x, limit: int = 40) -> str:
     return s if len(s) <= limit else s[:limit] + "..."
 
 
-def rle_string_counts(s: str) -> list[int] | None:
-    """Run lengths of a COCO compressed RLE string, or None when the string is malformed.
+def rle_string_counts(s: str) -> np.ndarray | None:
+    """Run lengths (int64 array) of a COCO compressed RLE string, or None when it is malformed.
 
     The encoding (pycocotools ``rleToString``): each count is split into 5-bit groups, low
     first, one character (48 + group, 0x20 = more groups follow) per group, the last group's bit
     0x10 being the sign; counts from the fourth on are stored as differences to the count two
-    before. A count must end up in [0, 2**32).
+    before. A count must end up in [0, 2**32). Vectorized with numpy (a reward reads dozens of
+    masks per step).
     """
-    counts: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            if p >= n or k >= 7:  # truncated, or more than 35 bits
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        if not 0 <= x < 2**32:
-            return None
-        counts.append(x)
-    return counts
+    try:
+        c = np.frombuffer(s.encode("ascii"), np.uint8).astype(np.int64) - 48
+    except (UnicodeEncodeError, AttributeError):
+        return None
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    if c.min() < 0 or c.max() >= 64:
+        return None
+    last = (c & 0x20) == 0                      # the character that ends a count
+    if not last[-1]:
+        return None                             # truncated
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    group = np.cumsum(last) - last              # the count each character belongs to
+    k = np.arange(c.size) - starts[group]       # its 5-bit group index inside the count
+    if k.max() >= 7:
+        return None                             # more than 35 bits
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    neg = (c[ends] & 0x10) != 0
+    x[neg] |= -(np.int64(1) << (5 * (k[ends][neg] + 1)))
+    # counts[i] = x[i] + counts[i - 2] for i >= 3: running sums over odd and over even indices >= 2
+    i = np.arange(x.size)
+    runs = x.copy()
+    odd = i % 2 == 1
+    runs[odd] = np.cumsum(x[odd])
+    even = (i % 2 == 0) & (i >= 2)
+    runs[even] = np.cumsum(x[even])
+    if runs.min() < 0 or runs.max() >= 2**32:
+        return None
+    return runs
 
 
 def rle_problem(rle, size: tuple[int, int] | None = None) -> str | None:
@@ -99,7 +107,7 @@ def rle_problem(rle, size: tuple[int, int] | None = None) -> str | None:
         runs = counts
     else:
         return f"RLE counts must be a string or a list, got {type(counts).__name__}"
-    total = sum(runs)
+    total = int(np.sum(runs))
     if total != h * w:
         return f"RLE counts cover {total} pixels, the mask has {h * w}"
     return None
