@@ -343,6 +343,22 @@ def load_sam(model_type: str, checkpoint, device=None):
     return model.to(device).eval()
 
 
+def load_sam2(config: str, checkpoint, device=None):
+    """``sam2.build_sam.build_sam2(config, checkpoint, device)`` (default device: CUDA when
+    available, else CPU), with clear errors for a missing package or path."""
+    import_sam2_predictor()
+    import torch
+    from sam2.build_sam import build_sam2
+
+    if checkpoint is None:
+        raise ValueError("a SAM 2 checkpoint path is needed; none is downloaded")
+    path = os.fspath(checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return build_sam2(config, path, device=device)
+
+
 class SamProposer:
     """Proposals from segment-anything (SAM 1): one single-point prompt per grid point.
 
@@ -444,7 +460,7 @@ class Sam2Proposer(SamProposer):
 
     @staticmethod
     def _make_predictor(model):
-        predictor_cls = _import_sam2_predictor()
+        predictor_cls = import_sam2_predictor()
         if isinstance(model, predictor_cls) or (hasattr(model, "set_image") and hasattr(model, "predict")):
             return model
         return predictor_cls(model)
@@ -453,16 +469,7 @@ class Sam2Proposer(SamProposer):
     def from_checkpoint(cls, config: str, checkpoint, device=None, **kwargs) -> "Sam2Proposer":
         """``sam2.build_sam.build_sam2(config, checkpoint, device)`` wrapped in a proposer (cache
         identity: the weights' fingerprint unless ``model_id`` is given)."""
-        _import_sam2_predictor()
-        import torch
-        from sam2.build_sam import build_sam2
-
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = build_sam2(config, path, device=device)
-        return cls(model, **kwargs)
+        return cls(load_sam2(config, checkpoint, device), **kwargs)
 
     def __call__(self, image, grid_size: int = 32) -> Proposals:
         rgb = to_rgb(image)
@@ -488,13 +495,14 @@ class Sam2Proposer(SamProposer):
         return Proposals(image_size=(w, h), grid_size=n, method=self.tag, rles=rles, scores=scores)
 
 
-def _import_sam2_predictor():
+def import_sam2_predictor():
     try:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
     except ImportError as exc:
         raise ImportError(
-            "Sam2Proposer needs SAM 2: install it from https://github.com/facebookresearch/sam2 "
-            "(package `sam2`), or use SamProposer (segment-anything) or RegionProposer") from exc
+            "SAM 2 is not installed: install it from https://github.com/facebookresearch/sam2 "
+            "(package `sam2`), or use segment-anything (SamProposer / SamDecoder) or the region "
+            "proposer / decoder") from exc
     return SAM2ImagePredictor
 
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -394,7 +393,9 @@ class Sam2Decoder(_PromptableDecoder):
 
     def __init__(self, model, mode: str = "joint", cache_bytes: int = DEFAULT_CACHE_BYTES,
                  batch_size: int = 32, multimask="auto", dtype=None, cache_device=None):
-        predictor_cls = _import_sam2_predictor()
+        from .proposals import import_sam2_predictor
+
+        predictor_cls = import_sam2_predictor()
         if isinstance(model, predictor_cls) or (hasattr(model, "set_image") and hasattr(model, "_features")):
             predictor = model
         else:
@@ -410,18 +411,9 @@ class Sam2Decoder(_PromptableDecoder):
     def from_checkpoint(cls, config: str = "configs/sam2.1/sam2.1_hiera_l.yaml", checkpoint=None, device=None,
                         dtype=None, cache_bytes: int = DEFAULT_CACHE_BYTES, **kwargs) -> "Sam2Decoder":
         """``sam2.build_sam.build_sam2(config, checkpoint, device)`` wrapped in a decoder."""
-        _import_sam2_predictor()
-        import torch
-        from sam2.build_sam import build_sam2
+        from .proposals import load_sam2
 
-        if checkpoint is None:
-            raise ValueError("Sam2Decoder.from_checkpoint needs checkpoint=PATH")
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = build_sam2(config, path, device=device)
-        return cls(model, dtype=dtype, cache_bytes=cache_bytes, **kwargs)
+        return cls(load_sam2(config, checkpoint, device), dtype=dtype, cache_bytes=cache_bytes, **kwargs)
 
     def _encode(self, rgb: np.ndarray) -> dict:
         p = self.predictor
@@ -457,16 +449,6 @@ class Sam2Decoder(_PromptableDecoder):
     def __repr__(self) -> str:
         return (f"Sam2Decoder(mode={self.mode!r}, batch_size={self.batch_size}, multimask={self.multimask!r}, "
                 f"cache={self.cache!r})")
-
-
-def _import_sam2_predictor():
-    try:
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
-    except ImportError as exc:
-        raise ImportError(
-            "Sam2Decoder needs SAM 2: install it from https://github.com/facebookresearch/sam2 "
-            "(package `sam2`), or use SamDecoder (segment-anything) or RegionDecoder") from exc
-    return SAM2ImagePredictor
 
 
 __all__ = ["SamDecoder", "Sam2Decoder", "Prompt", "CacheEntry", "plan_prompts", "instance_prompt_points",
