@@ -237,6 +237,13 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_tiny_sam(args) -> int:
+    from .tiny_sam import save_tiny_sam
+
+    print(f"wrote {save_tiny_sam(args.out, args.seed)} (tiny SAM, seed {args.seed}; --model-type tiny)")
+    return 0
+
+
 def _template(text: str):
     return text if text == "auto" else int(text)
 
@@ -360,6 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
                                     "quickstart. Needs torch and transformers (the swift environment).")
     tiny_args(sp)
     sp.set_defaults(func=tiny_run)
+
+    from .sam_service import add_arguments as serve_sam_args, run as serve_sam_run
+    sp = sub.add_parser("serve-sam", help="start (or --stop) SAM as a shared Ray Serve app for reward workers",
+                        description="Start the SAM decoding service on a Ray cluster (docs/sam_service.md): "
+                                    "N replicas, each a SamDecoder with its embedding cache; returns once "
+                                    "healthy, the app keeps running. Rewards use it with decoder=ray. Needs "
+                                    "ray[serve] (the verl environment).")
+    serve_sam_args(sp)
+    sp.set_defaults(func=serve_sam_run)
+
+    sp = sub.add_parser("tiny-sam", help="write the checkpoint of a tiny random SAM (load it with model type 'tiny')",
+                        description="Write the state dict of getok_core.tiny_sam's tiny random SAM (real "
+                                    "segment-anything classes, 256 px input) for tests and CPU demos; every "
+                                    "SAM option takes it as --model-type tiny --checkpoint PATH.")
+    sp.add_argument("out", help="checkpoint path to write (.pt)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_tiny_sam)
 
     sp = sub.add_parser("demo", help="run the bundled example end to end",
                         description="Encode the bundled annotations and parse bundled model outputs.")

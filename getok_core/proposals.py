@@ -327,19 +327,25 @@ def _check_region(method: str, params: dict) -> tuple[str, dict]:
 # ---------------------------------------------------------------------------------------- SAM
 def load_sam(model_type: str, checkpoint, device=None):
     """``segment_anything.sam_model_registry[model_type](checkpoint=path)`` in eval mode on
-    ``device`` (default: CUDA when available, else CPU), with clear errors for a bad type or path."""
+    ``device`` (default: CUDA when available, else CPU), with clear errors for a bad type or path.
+    ``model_type="tiny"`` loads a checkpoint of ``getok_core.tiny_sam`` (``getok tiny-sam``)."""
     import torch
     from segment_anything import sam_model_registry
 
-    if model_type not in sam_model_registry:
-        raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(sam_model_registry)}")
+    if model_type not in sam_model_registry and model_type != "tiny":
+        raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(sam_model_registry) + ['tiny']}")
     if checkpoint is None:
         raise ValueError("a SAM checkpoint path is needed (e.g. sam_vit_h_4b8939.pth); none is downloaded")
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = sam_model_registry[model_type](checkpoint=path)
+    if model_type == "tiny":
+        from .tiny_sam import load_tiny_sam
+
+        model = load_tiny_sam(path)
+    else:
+        model = sam_model_registry[model_type](checkpoint=path)
     return model.to(device).eval()
 
 

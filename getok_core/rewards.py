@@ -1194,7 +1194,7 @@ def score_refine(response, ground_truth, vocab: GetokVocab | None = None, propos
 def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: GetokVocab | None = None,
                        proposals: Sequence | None = None, decoder=None,
                        weights: RefineWeights | dict | None = None, params: RewardParams = DEFAULT_PARAMS,
-                       round: int = 1) -> list[RewardResult]:
+                       round: int = 1, prior_offsets: Sequence | None = None) -> list[RewardResult]:
     """Refinement-stage rewards of offset answers ``responses``.
 
     The turn-1 proposal of response k is ``proposals[k]`` when given (and not None), else the
@@ -1203,6 +1203,12 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
     judged against the target its proposal was matched to (an unmatched one against no target).
     ``round`` is the refinement round (its offset step). With ``decoder`` None the
     ``mask_gain`` component is left out.
+
+    Multi-round refinement: ``prior_offsets[k]`` (a sequence of offset answer texts, rounds
+    ``round``, ``round + 1``, ...) is applied to the proposal first (``refine.advance``: deleted
+    points leave, a malformed line leaves its instance as it was); response k is then round
+    ``round + len(prior_offsets[k])`` and is judged relative to that refined geometry. The
+    matching to targets stays the turn-1 proposal's.
     """
     vocab = _vocab(vocab)
     weights = weights_from(weights, RefineWeights)
@@ -1212,6 +1218,8 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
         raise ValueError(f"{len(proposals)} proposals for {len(responses)} responses")
     if not isinstance(round, int) or round < 1:
         raise ValueError(f"round must be an int >= 1, got {round!r}")
+    if prior_offsets is not None and len(prior_offsets) != len(responses):
+        raise ValueError(f"{len(prior_offsets)} prior_offsets for {len(responses)} responses")
     truths = _truths(ground_truths, vocab)
     with_mask = decoder is not None
     batch = _DecodeBatch(decoder) if with_mask else None
@@ -1226,16 +1234,19 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
             staged.append(("broken", "no turn-1 proposal: pass proposals= or put the turn-1 answer "
                                      "text in the ground truth's extra[\"proposal\"]"))
             continue
-        pkey = (ptext, id(truth))
+        prior = () if prior_offsets is None or prior_offsets[k] is None else tuple(
+            _coerce_text(t) for t in prior_offsets[k])
+        pkey = (ptext, id(truth), prior)
         prop = prop_memo.get(pkey)
         if prop is None:
-            prop = _proposal_state(ptext, truth, vocab, params, batch)
+            prop = _proposal_state(ptext, truth, vocab, params, batch, prior, round)
             prop_memo[pkey] = prop
         if not prop["instances"]:
             staged.append(("broken", "turn-1 proposal has no instance to refine"
                            + (f" ({prop['errors'][0]})" if prop["errors"] else "")))
             continue
-        staged.append(("ok", _refine_stage1(_coerce_text(response), truth, prop, vocab, params, batch, round)))
+        staged.append(("ok", _refine_stage1(_coerce_text(response), truth, prop, vocab, params, batch,
+                                            round + len(prior))))
     if batch is not None:
         batch.run()
     out = []
@@ -1248,7 +1259,8 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
     return out
 
 
-def _proposal_state(ptext: str, truth: _Truth, vocab: GetokVocab, params: RewardParams, batch) -> dict:
+def _proposal_state(ptext: str, truth: _Truth, vocab: GetokVocab, params: RewardParams, batch,
+                    prior: tuple = (), first_round: int = 1) -> dict:
     ans = _parse(ptext, vocab)
     instances = [decode_instance(c, vocab) for c in ans.cells]
     target_of: list = [None] * len(instances)
@@ -1256,6 +1268,8 @@ def _proposal_state(ptext: str, truth: _Truth, vocab: GetokVocab, params: Reward
         pairs, _, _, _ = _match(_Preds(ans.cells, vocab), truth, params)
         for i, j in pairs:
             target_of[i] = j
+    for r, offsets_text in enumerate(prior, start=first_round):
+        instances = refined_instances(instances, offsets_text, vocab, r)
     req = [None] * len(instances)
     if batch is not None:
         for i, inst in enumerate(instances):
@@ -1263,6 +1277,18 @@ def _proposal_state(ptext: str, truth: _Truth, vocab: GetokVocab, params: Reward
             if j is not None and truth.targets[j].kind == "mask" and _decodable(inst):
                 req[i] = batch.add(truth, inst)
     return {"instances": instances, "target_of": target_of, "errors": ans.errors, "req": req}
+
+
+def refined_instances(instances: Sequence[Instance], offsets_text, vocab: GetokVocab, round: int) -> list[Instance]:
+    """``instances`` after the offset answer ``offsets_text`` of refinement round ``round``:
+    instance i moved by its line (deleted points leave; see ``instance.apply_offsets``); an
+    instance whose line is missing or malformed stays as it was. Never raises."""
+    po = parse_offsets(offsets_text, instances, vocab)
+    out = []
+    for i, inst in enumerate(instances):
+        offs = po.offsets[i] if i < len(po.offsets) else None
+        out.append(inst if offs is None else apply_offsets(inst, list(offs), vocab, round))
+    return out
 
 
 #: The 9 one-step moves (dx, dy) of a point's neighbourhood, (0, 0) included.
@@ -1501,4 +1527,4 @@ __all__ = ["GridWeights", "RefineWeights", "RewardParams", "DEFAULT_PARAMS", "Re
            "GRID_COMPONENTS", "REFINE_COMPONENTS", "TASK_ELEMENTS",
            "score_grid", "score_grid_batch", "score_refine", "score_refine_batch",
            "nonrepeat_score", "mask_reward", "box_iou", "boxscore", "grid_format_ok", "refine_format_ok",
-           "weights_from", "clear_cache", "cached_decoder", "RewardSetup", "setup_from_kwargs", "SETUP_KEYS"]
+           "weights_from", "refined_instances", "clear_cache", "cached_decoder", "RewardSetup", "setup_from_kwargs", "SETUP_KEYS"]

@@ -1,4 +1,4 @@
-"""SamDecoder through the real segment-anything code, on a tiny random SAM (tests/swift/tiny_sam.py)."""
+"""SamDecoder through the real segment-anything code, on a tiny random SAM (getok_core/tiny_sam.py)."""
 
 import importlib.util
 import os
@@ -17,8 +17,7 @@ from getok_core.instance import Instance  # noqa: E402
 from getok_core.sam_decoder import (  # noqa: E402
     ENTRY_OVERHEAD_BYTES, Sam2Decoder, SamDecoder, plan_prompts, tensors_nbytes)
 
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_sam import build_tiny_sam  # noqa: E402
+from getok_core.tiny_sam import build_tiny_sam  # noqa: E402
 
 TOL = 1e-4  # logits this close to the threshold may flip between batched and one-by-one decoding
 

@@ -1,4 +1,4 @@
-"""A tiny, randomly initialized segment-anything SAM for tests (no weights, no network).
+"""A tiny, randomly initialized segment-anything SAM for tests and CPU demos (no weights, no network).
 
 ``build_tiny_sam(seed)`` assembles a real ``segment_anything.modeling.Sam`` from the same classes
 ``segment_anything.build_sam`` uses, only much smaller, so every code path of ``SamPredictor``
@@ -109,3 +109,27 @@ def _balance_scores(sam) -> None:
     _, scores, _ = predictor.predict_torch(coords, labels, multimask_output=True)
     with torch.no_grad():
         sam.mask_decoder.iou_prediction_head.layers[-1].bias[1:] -= scores.mean(0)
+
+
+def save_tiny_sam(path, seed: int = 0) -> str:
+    """Write the state dict of ``build_tiny_sam(seed)`` to ``path`` (atomically); return the path."""
+    import os
+
+    import torch
+
+    from .store import atomic_path
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(build_tiny_sam(seed).state_dict(), tmp)
+    return path
+
+
+def load_tiny_sam(checkpoint):
+    """The tiny SAM architecture with the state dict saved at ``checkpoint`` (eval mode, CPU)."""
+    import torch
+
+    sam = build_tiny_sam(0)
+    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.eval()

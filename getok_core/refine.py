@@ -1,0 +1,193 @@
+"""The refinement dialogue (paper §3.3, stage 2; SPEC §2, §3, §6), framework-free.
+
+Turn 1 (the model): a grid answer, e.g. ``<answer><box><grid3,4><grid20,25></box><seg>...</seg></answer>``.
+Turn 2 (the user): ``refine_message(state)``, the refinement instruction.
+Turn 3 (the model): one ``<offset>`` line per turn-1 instance, one ``<OFFdx,dy>`` or ``<DELETE>``
+per point (box corners first, then seg points). With R > 1 rounds (SPEC §2, beyond the paper) the
+user asks again and the model answers round r's offsets, step 1 / (n 2^r), relative to the geometry
+refined so far; deleted points are gone from later rounds.
+
+The verl agent loop (``easyr1_plugin/agent_loop.py``), the ms-swift multi-turn scheduler
+(``swift_plugin/getok_multiturn.py``) and ``getok rollout-proposals`` (EasyR1's two-turn data) all
+drive this module, so the three frameworks show the same text and score the same way.
+
+``RefineState.stop_reason`` says why a turn-1 answer cannot be refined; the dialogue then ends after
+turn 1 and ``score_dialogues`` scores it as documented there (never an exception):
+
+- ``truncated``: ``<answer>`` opened but never closed (the generation hit its length limit);
+- ``unparsable``: no ``<answer>`` block, or the block has a malformed element;
+- ``no_target``: the answer is ``<none>`` / empty (nothing to refine);
+- ``no_points``: nothing with a point to move (no instance has an anchor left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .answer import ANSWER_CLOSE, ANSWER_OPEN, parse_answer
+from .instance import Instance, anchors
+from .rewards import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights,
+                      RewardParams, RewardResult, refined_instances, score_grid_batch, score_refine_batch,
+                      weights_from)
+from .vocab import GetokVocab
+from .writers import REFINE_PROMPT
+
+STOP_REASONS = ("truncated", "unparsable", "no_target", "no_points")
+
+
+@dataclass(frozen=True)
+class RefineState:
+    """Where a refinement dialogue stands.
+
+    ``turn1``: the model's turn-1 answer text. ``instances``: its geometry (normalized [0, 1]
+    image coordinates) after the offset rounds done so far. ``offsets``: the offset answer texts
+    of those rounds, in order. ``stop_reason``: "" while the dialogue can go on, else one of
+    ``STOP_REASONS``.
+    """
+
+    turn1: str
+    instances: tuple[Instance, ...] = ()
+    offsets: tuple[str, ...] = ()
+    stop_reason: str = ""
+
+    @property
+    def round(self) -> int:
+        """The 1-based round the next offset answer belongs to."""
+        return len(self.offsets) + 1
+
+    @property
+    def refinable(self) -> bool:
+        return not self.stop_reason
+
+    @property
+    def num_points(self) -> int:
+        """Anchors left to refine (box corners + points + vertices) over all instances."""
+        return sum(len(anchors(i)) for i in self.instances)
+
+
+def _text(x) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "replace")
+    return "" if x is None else str(x)
+
+
+def start_refinement(turn1_text, vocab: GetokVocab | None = None) -> RefineState:
+    """The dialogue state after the model's turn-1 answer ``turn1_text``. Never raises."""
+    vocab = vocab or GetokVocab()
+    text = _text(turn1_text)
+    parsed = parse_answer(text, vocab)
+    if not parsed.found_answer:
+        return RefineState(text, stop_reason="unparsable")
+    last_open = text.rfind(ANSWER_OPEN)
+    if text.find(ANSWER_CLOSE, last_open) < 0:
+        return RefineState(text, stop_reason="truncated")
+    if parsed.no_target:
+        return RefineState(text, stop_reason="no_target")
+    if not parsed.valid:
+        return RefineState(text, stop_reason="unparsable")
+    state = RefineState(text, instances=tuple(parsed.instances))
+    return state if state.num_points else RefineState(text, state.instances, stop_reason="no_points")
+
+
+def refine_message(state: RefineState) -> str:
+    """The user text that asks for the offsets of round ``state.round``. Round 1 is the cold-start
+    data's instruction (``writers.REFINE_PROMPT``); later rounds add the round and its step."""
+    if state.round == 1:
+        return REFINE_PROMPT
+    return (f"{REFINE_PROMPT} Round {state.round}: each offset now moves a point by half the previous "
+            f"round's step.")
+
+
+def advance(state: RefineState, offsets_text, vocab: GetokVocab | None = None) -> RefineState:
+    """``state`` after the model's offset answer ``offsets_text`` for round ``state.round``
+    (``rewards.refined_instances``). A stopped state is returned unchanged. Never raises."""
+    if state.stop_reason:
+        return state
+    vocab = vocab or GetokVocab()
+    text = _text(offsets_text)
+    try:
+        moved = tuple(refined_instances(state.instances, text, vocab, state.round))
+    except Exception:  # defensive: malformed geometry must end the dialogue, not the trainer
+        moved = state.instances
+    new = RefineState(state.turn1, moved, state.offsets + (text,))
+    return new if new.num_points else RefineState(new.turn1, moved, new.offsets, stop_reason="no_points")
+
+
+def score_dialogues(dialogues: Sequence[Sequence], ground_truths: Sequence, vocab: GetokVocab | None = None,
+                    decoder=None, grid_weights: GridWeights | dict | None = None,
+                    refine_weights: RefineWeights | dict | None = None,
+                    params: RewardParams = DEFAULT_PARAMS) -> list[RewardResult]:
+    """Rewards of refinement dialogues: ``dialogues[k]`` is the list of the MODEL's turns (turn-1
+    answer, then one offset answer per round done), ``ground_truths[k]`` its ground-truth JSON.
+
+    - one turn: the grid-stage reward of that answer (``score_grid_batch``);
+    - several turns and a refinable turn 1: the refinement reward of the LAST turn, relative to
+      the geometry after the turns before it (``score_refine_batch`` with ``prior_offsets``);
+    - a degenerate turn 1 (``stop_reason``) in a dialogue of several turns: ``no_target`` keeps
+      the grid-stage verdict on turn 1, in refinement components (``format`` = the grid format,
+      ``point`` / ``box`` / ``mask_gain`` = the grid ``points`` / ``box`` / ``mask``: 1 for a right
+      ``<none>``, 0 for a wrong one; the grid scores in ``details["grid"]``); ``truncated`` /
+      ``unparsable`` / ``no_points`` score 0 on every refinement component, with the reason in
+      ``errors``. So a dialogue of several turns always has the refinement components, one of
+      a single turn the grid components (trainers log a fixed set of keys per stage).
+    Every result gets ``details["turns"]`` and ``details["stop_reason"]``. Raises ValueError only
+    on mismatched lengths.
+    """
+    vocab = vocab or GetokVocab()
+    if len(dialogues) != len(ground_truths):
+        raise ValueError(f"{len(dialogues)} dialogues for {len(ground_truths)} ground truths")
+    out: list[RewardResult | None] = [None] * len(dialogues)
+    grid_idx, refine_idx, states = [], [], {}
+    for k, turns in enumerate(dialogues):
+        turns = [_text(t) for t in (turns or [""])]
+        st = start_refinement(turns[0], vocab)
+        states[k] = (turns, st)
+        if len(turns) == 1 or st.stop_reason == "no_target":
+            grid_idx.append(k)
+        elif st.stop_reason:
+            out[k] = _degenerate(st.stop_reason, decoder is not None, refine_weights)
+        else:
+            refine_idx.append(k)
+    if grid_idx:
+        res = score_grid_batch([states[k][0][0] for k in grid_idx], [ground_truths[k] for k in grid_idx],
+                               vocab, decoder, grid_weights, params)
+        for k, r in zip(grid_idx, res):
+            out[k] = r if len(states[k][0]) == 1 else _as_refine(r, decoder is not None, refine_weights)
+    if refine_idx:
+        res = score_refine_batch([states[k][0][-1] for k in refine_idx], [ground_truths[k] for k in refine_idx],
+                                 vocab, proposals=[states[k][0][0] for k in refine_idx], decoder=decoder,
+                                 weights=refine_weights, params=params,
+                                 prior_offsets=[states[k][0][1:-1] for k in refine_idx])
+        for k, r in zip(refine_idx, res):
+            out[k] = r
+    for k, r in enumerate(out):
+        r.details["turns"] = len(states[k][0])
+        r.details["stop_reason"] = states[k][1].stop_reason
+    return out  # type: ignore[return-value]
+
+
+def _refine_result(comps: dict, weights, errors: list, details: dict) -> RewardResult:
+    w = weights_from(weights, RefineWeights)
+    return RewardResult(overall=float(sum(getattr(w, k) * v for k, v in comps.items())), components=comps,
+                        errors=errors, details=details)
+
+
+def _degenerate(reason: str, with_mask: bool, weights) -> RewardResult:
+    comps = {k: 0.0 for k in REFINE_COMPONENTS if with_mask or k != "mask_gain"}
+    return _refine_result(comps, weights, [f"turn 1 cannot be refined: {reason}"], {})
+
+
+#: refinement component <- grid component, for a turn 1 that answered "no target"
+_NO_TARGET_MAP = {"format": "format", "point": "points", "box": "box", "mask_gain": "mask"}
+
+
+def _as_refine(grid: RewardResult, with_mask: bool, weights) -> RewardResult:
+    comps = {k: float(grid.components.get(g, 0.0)) for k, g in _NO_TARGET_MAP.items() if with_mask or k != "mask_gain"}
+    return _refine_result(comps, weights, list(grid.errors), {"grid": grid.scores()})
+
+
+__all__ = ["STOP_REASONS", "RefineState", "start_refinement", "refine_message", "advance", "score_dialogues",
+           "GRID_COMPONENTS", "REFINE_COMPONENTS"]
