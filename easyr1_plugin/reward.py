@@ -15,10 +15,13 @@ holds ``overall`` and every component as its own float key, which EasyR1 logs as
     main             = grid_reward (EasyR1's default function name)
 
 Keyword arguments (``worker.reward.reward_function_kwargs``): ``decoder`` (``region``, ``sam``,
-``sam2``; absent = no mask component) with its arguments (``checkpoint``, ``model_type``,
-``device``, ``mode``, ... or a ``decoder_kwargs`` mapping), ``weights`` (a mapping of component
+``sam2``, ``ray``: the shared SAM service of ``docs/sam_service.md``; absent = no mask component)
+with its arguments (``checkpoint``, ``model_type``, ``device``, ``mode``, ... ; for ``ray``:
+``app``, ``timeout_s``, ``fallback``; or a ``decoder_kwargs`` mapping), ``weights`` (a mapping of component
 weights), ``grid_size`` (32), ``round`` (refinement round, 1). The decoder is built once per
-process for each set of arguments. A wrong argument raises ValueError at the first call.
+process for each set of arguments. A wrong argument raises ValueError at the first call. With
+``decoder: ray`` and ``fallback: region``, each row also holds ``mask_fallback``: the share of its
+masks decoded by the region fallback because the service did not answer in time.
 
 If the GETok tokens were added to the tokenizer as special tokens (ms-swift's
 ``--new_special_tokens`` does so), set ``worker.reward.skip_special_tokens=false``: otherwise
@@ -53,6 +56,8 @@ def _rows(results, names, with_mask: bool, mask_name: str) -> list[dict]:
         row = {"overall": float(r.overall)}
         for k in keys:
             row[k] = float(r.components.get(k, 0.0))
+        if "mask_fallback" in r.details:  # decoder=ray with fallback=region: share of fallback masks
+            row["mask_fallback"] = float(r.details["mask_fallback"])
         out.append(row)
     return out
 

@@ -18,8 +18,10 @@ two or more (the agent loop's own turn 1; the offsets are then scored on the tex
 the ground truth's ``extra["proposal"]`` (stage-2 data whose prompt holds turn 1).
 
 Other reward kwargs as in ``getok_core.rewards.setup_from_kwargs``: ``decoder`` (``region`` /
-``sam`` / ``sam2``, with ``checkpoint``, ``device``, ... ; absent = no mask component),
-``weights``, ``grid_size``, ``round``.
+``sam`` / ``sam2``, with ``checkpoint``, ``device``, ... ; ``ray``: the shared SAM service of
+``docs/sam_service.md``, with ``app``, ``timeout_s``, ``fallback``; absent = no mask component),
+``weights``, ``grid_size``, ``round``. With ``fallback: region`` the result also holds
+``mask_fallback`` (share of the sample's masks decoded by the fallback).
 
 Special tokens: verl's ``naive`` reward manager decodes with ``skip_special_tokens=True``. If the
 GETok tokens were added to the tokenizer as special tokens (ms-swift's ``--new_special_tokens``
@@ -76,6 +78,8 @@ def compute_score(data_source=None, solution_str="", ground_truth=None, extra_in
         result = score_grid_batch([text], [ground_truth], setup.vocab, setup.decoder, setup.grid_weights)[0]
     out = {"score": float(result.overall)}
     out.update({k: float(v) for k, v in result.components.items()})
+    if "mask_fallback" in result.details:  # decoder=ray with fallback=region
+        out["mask_fallback"] = float(result.details["mask_fallback"])
     return out
 
 

@@ -166,7 +166,8 @@ def cmd_prepare(args) -> int:
         sam_model=args.sam_model, device=args.device, grid_size=args.grid_size, tau=args.tau,
         max_points=args.max_points, refine_k=args.refine_k, template=args.template, seed=args.seed,
         formats=tuple(f for f in args.formats.split(",") if f), workers=args.workers, shard=args.shard,
-        progress=not args.no_progress)
+        progress=not args.no_progress, engine=args.engine, ray_address=args.address,
+        ray_actors=args.ray_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor)
     summary = prepare(cfg)
     if summary is not None:
         print(f"samples {summary['samples']}: ok {summary['ok']}, skipped {summary['skipped']} "
@@ -329,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1, help="processes (region proposals only)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: this process's share of the images")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--engine", default="local", choices=["local", "ray"],
+                    help="local: this machine (default); ray: the images over Ray Data actors (pip install "
+                         "'ray[data]'; dataset and OUT on storage every node sees); same output bytes")
+    sp.add_argument("--address", help="--engine ray: ray.init address (auto: the running cluster, HOST:6379; "
+                                      "default: the running one if any, else a local one for the run)")
+    sp.add_argument("--ray-actors", type=int, default=1, help="--engine ray: actors (default 1)")
+    sp.add_argument("--gpus-per-actor", type=float, default=0.0,
+                    help="--engine ray: GPUs per actor, fractions share a GPU (e.g. 0.5; needs --device cuda)")
+    sp.add_argument("--cpus-per-actor", type=float, default=1.0,
+                    help="--engine ray: CPUs per actor (default 1; Ray sets its OMP_NUM_THREADS from it)")
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("eval", help="score model outputs, write metrics.json and an HTML report",
@@ -367,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "quickstart. Needs torch and transformers (the swift environment).")
     tiny_args(sp)
     sp.set_defaults(func=tiny_run)
+
+    from .rollout import add_arguments as rollout_args, run as rollout_run
+    sp = sub.add_parser("rollout-proposals", help="EasyR1 stage-2 data from real stage-1 turn-1 answers",
+                        description="Sample K turn-1 answers per prompt of DIR/easyr1/SPLIT.jsonl with a stage-1 "
+                                    "checkpoint (vllm, an OpenAI-compatible endpoint, or transformers) and write "
+                                    "the EasyR1 stage-2 rows: prompt = question + the real turn-1 answer + the "
+                                    "refinement instruction, answer = the ground truth with extra.proposal. "
+                                    "Resumable; degenerate answers are counted in OUT.summary.json "
+                                    "(docs/rollout.md).")
+    rollout_args(sp)
+    sp.set_defaults(func=rollout_run)
 
     from .sam_service import add_arguments as serve_sam_args, run as serve_sam_run
     sp = sub.add_parser("serve-sam", help="start (or --stop) SAM as a shared Ray Serve app for reward workers",

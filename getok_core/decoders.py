@@ -9,7 +9,8 @@ Modes (SPEC §3): ``joint`` prompts once with all points (label 1) plus the box;
 masks of each point prompted alone, clipped to the box when there is one.
 
 Implementations: ``RegionDecoder`` (no weights; ``getok_core.region_decoder``), ``SamDecoder``
-and ``Sam2Decoder`` (``getok_core.sam_decoder``; torch and segment-anything / sam2 needed).
+and ``Sam2Decoder`` (``getok_core.sam_decoder``; torch and segment-anything / sam2 needed),
+``RaySamDecoder`` (``getok_core.sam_service``: SAM served by a Ray Serve app; ray needed).
 Use ``make_decoder(name, **kwargs)`` to build one by name.
 
 Shared helpers: ``ByteLRUCache`` (the per-image caches of the decoders: least-recently-used,
@@ -225,7 +226,9 @@ class MaskDecoder:
 
 def make_decoder(name: str, **kwargs) -> MaskDecoder:
     """A decoder by name: ``region``, ``sam`` (kwargs: checkpoint, model_type, device, ...),
-    ``sam2`` (kwargs: config, checkpoint, device, ...)."""
+    ``sam2`` (kwargs: config, checkpoint, device, ...), ``ray`` (the SAM service client
+    ``sam_service.RaySamDecoder``; kwargs: app, address, timeout_s, retries, fallback, ... and
+    optional start arguments: checkpoint, model_type, replicas, gpus_per_replica, ...)."""
     if name == "region":
         from .region_decoder import RegionDecoder
 
@@ -238,4 +241,8 @@ def make_decoder(name: str, **kwargs) -> MaskDecoder:
         from .sam_decoder import Sam2Decoder
 
         return Sam2Decoder.from_checkpoint(**kwargs)
-    raise ValueError(f"unknown decoder {name!r}: region, sam or sam2")
+    if name == "ray":
+        from .sam_service import RaySamDecoder
+
+        return RaySamDecoder(**kwargs)
+    raise ValueError(f"unknown decoder {name!r}: region, sam, sam2 or ray")

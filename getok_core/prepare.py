@@ -17,7 +17,8 @@ Output folder::
     swift/SPLIT_refine.jsonl      SFT two-turn rows (proposal, then offsets)
     swift/SPLIT_grpo.jsonl        ms-swift GRPO rows (user turn, ground truth in `solution`)
     easyr1/SPLIT.jsonl            EasyR1 GRPO rows (prompt, ground-truth JSON)
-    verl/SPLIT.parquet            verl GRPO rows
+    verl/SPLIT.parquet            verl GRPO rows (verl's single-turn agent loop)
+    verl/SPLIT_refine.parquet     the same rows with ``agent_name: getok_refine`` (GETok's agent loop)
     summary.json                  counts, every skipped row with its reason, mean tokens per
                                   mask, mean achieved IoU, offset-category histogram
 """
@@ -52,8 +53,9 @@ FORMATS = ("swift", "easyr1", "verl")
 
 @dataclass
 class PrepareConfig:
-    """Settings of one preparation run. Everything but ``out``, ``workers``, ``shard`` and
-    ``progress`` is part of the output's identity (``config.json``)."""
+    """Settings of one preparation run. Everything but ``out``, ``workers``, ``shard``,
+    ``progress`` and the engine settings (``engine``, ``ray_*``, ``*_per_actor``: see
+    ``prepare_ray``) is part of the output's identity (``config.json``)."""
 
     dataset: str
     root: str
@@ -74,10 +76,16 @@ class PrepareConfig:
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
     progress: bool = True
+    engine: str = "local"                # local | ray (getok_core.prepare_ray)
+    ray_address: str | None = None       # ray.init address: "auto", "host:6379"; None: Ray's default
+    ray_actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
 
     def identity(self) -> dict:
         d = asdict(self)
-        for k in ("out", "workers", "shard", "progress"):
+        for k in ("out", "workers", "shard", "progress", "engine", "ray_address", "ray_actors",
+                  "gpus_per_actor", "cpus_per_actor"):
             d.pop(k)
         d["formats"] = list(d["formats"])
         d["shards"] = self.shard[1]
@@ -250,6 +258,12 @@ def prepare(cfg: PrepareConfig, log=print) -> dict | None:
     bad = [f for f in cfg.formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
+    if cfg.engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {cfg.engine!r}: local or ray")
+    if cfg.engine == "ray":
+        from .prepare_ray import check_ray_engine
+
+        check_ray_engine(cfg)
     if "verl" in cfg.formats:
         try:
             import pyarrow  # noqa: F401
@@ -281,7 +295,13 @@ def prepare(cfg: PrepareConfig, log=print) -> dict | None:
     log(f"prepare: {cfg.dataset} shard {i}/{n}: {len(groups)} images, {n_done} samples already done, "
         f"{sum(len(g) for g in todo)} to do ({len(skipped)} loader skips)")
     bar = _progress(len(todo), cfg.progress and sys.stderr.isatty())
-    if cfg.workers > 1 and cfg.proposals == "region":
+    if cfg.engine == "ray":
+        from .prepare_ray import ray_records
+
+        for recs in ray_records(cfg, todo, log=log):
+            store.write(recs)
+            bar.update(1)
+    elif cfg.workers > 1 and cfg.proposals == "region":
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(cfg.workers, _init_worker, (cfg,)) as pool:
@@ -366,6 +386,9 @@ def write_outputs(cfg: PrepareConfig, loader_skips: list[Skipped]) -> dict:
                     index += 1
             if vr:
                 rows[f"verl/{split}.parquet"] = writers.write_parquet(out / "verl" / f"{split}.parquet", vr)
+                vr = [{**r, "agent_name": writers.REFINE_AGENT} for r in vr]
+                rows[f"verl/{split}_refine.parquet"] = writers.write_parquet(
+                    out / "verl" / f"{split}_refine.parquet", vr)
 
     summary = summarize(records, loader_skips, rows)
     summary["config"] = cfg.identity()

@@ -34,6 +34,9 @@ from .vocab import GetokVocab
 from .writers import REFINE_PROMPT
 
 STOP_REASONS = ("truncated", "unparsable", "no_target", "no_points")
+#: End-of-turn text a server, or a framework decoding a turn with its special tokens, may leave
+#: at the end of a model turn (ChatML); ``clean_answer`` removes it.
+TRAILING_SPECIALS = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,20 @@ def _text(x) -> str:
     if isinstance(x, bytes):
         return x.decode("utf-8", "replace")
     return "" if x is None else str(x)
+
+
+def clean_answer(text) -> str:
+    """A model turn's text without the trailing end-of-turn specials (``TRAILING_SPECIALS``) and
+    whitespace a server or a framework's history may leave; never raises."""
+    text = _text(text)
+    changed = True
+    while changed:
+        changed = False
+        stripped = text.rstrip()
+        for tok in TRAILING_SPECIALS:
+            if stripped.endswith(tok):
+                text, changed = stripped[: -len(tok)], True
+    return text
 
 
 def start_refinement(turn1_text, vocab: GetokVocab | None = None) -> RefineState:
@@ -169,6 +186,19 @@ def score_dialogues(dialogues: Sequence[Sequence], ground_truths: Sequence, voca
     return out  # type: ignore[return-value]
 
 
+def stage_turns(model_turns: Sequence, stage: str) -> list:
+    """The model turns that ``score_dialogues`` scores for a dialogue of ``stage``: ``grid``: the
+    turn-1 answer alone (the grid reward); ``refine``: every turn, plus an empty offset answer when
+    the dialogue ended after turn 1 (a degenerate turn 1, or no length budget left for turn 2), so a
+    refine-stage dialogue always gets the refinement components. Raises ValueError on another stage."""
+    turns = list(model_turns) or [""]
+    if stage == "grid":
+        return turns[:1]
+    if stage == "refine":
+        return turns if len(turns) > 1 else turns + [""]
+    raise ValueError(f"stage must be 'grid' or 'refine', got {stage!r}")
+
+
 def _refine_result(comps: dict, weights, errors: list, details: dict) -> RewardResult:
     w = weights_from(weights, RefineWeights)
     return RewardResult(overall=float(sum(getattr(w, k) * v for k, v in comps.items())), components=comps,
@@ -189,5 +219,7 @@ def _as_refine(grid: RewardResult, with_mask: bool, weights) -> RewardResult:
     return _refine_result(comps, weights, list(grid.errors), {"grid": grid.scores()})
 
 
-__all__ = ["STOP_REASONS", "RefineState", "start_refinement", "refine_message", "advance", "score_dialogues",
+__all__ = ["STOP_REASONS", "TRAILING_SPECIALS", "clean_answer", "RefineState", "start_refinement",
+           "refine_message", "advance", "score_dialogues",
+           "stage_turns",
            "GRID_COMPONENTS", "REFINE_COMPONENTS"]

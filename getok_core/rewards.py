@@ -916,7 +916,12 @@ def _points_quality(m: int, hit: float, spread: float, params: RewardParams) -> 
 # ---------------------------------------------------------------------- mask decoding
 class _DecodeBatch:
     """Collects (image_key, image source, Instance) requests, deduplicated, and decodes them with
-    one ``decoder.decode`` call (falling back to one call per image when that call fails)."""
+    one ``decoder.decode`` call (falling back to one call per image when that call fails).
+
+    A decoder with ``decode_flagged`` and a ``fallback`` configured (``sam_service.RaySamDecoder``
+    with ``fallback="region"``) may decode some masks with the fallback and says which:
+    ``reports_fallback`` is then True and ``fallback`` holds the request indices so decoded (the
+    rewards' ``mask_fallback`` detail, present exactly when a fallback is configured)."""
 
     def __init__(self, decoder):
         self.decoder = decoder
@@ -925,6 +930,21 @@ class _DecodeBatch:
         self.shapes: list = []
         self.results: list = []
         self.failures: dict[int, str] = {}
+        self.reports_fallback = hasattr(decoder, "decode_flagged") and getattr(decoder, "fallback", None) is not None
+        self.fallback: set[int] = set()
+
+    def _decode(self, idx) -> list:
+        reqs = [self.requests[i] for i in idx]
+        if not self.reports_fallback:
+            return list(self.decoder.decode(reqs))
+        out, flags = self.decoder.decode_flagged(reqs)
+        self.fallback.update(i for i, f in zip(idx, flags) if f)
+        return list(out)
+
+    def fallback_share(self, idxs) -> float:
+        """Share of the requests ``idxs`` decoded by the decoder's fallback (0 when none)."""
+        idxs = [i for i in idxs if i is not None and i >= 0]
+        return sum(i in self.fallback for i in idxs) / len(idxs) if idxs else 0.0
 
     def add(self, truth: _Truth, inst: Instance) -> int:
         key = (truth.image_key, inst)
@@ -942,7 +962,7 @@ class _DecodeBatch:
         if not n:
             return
         try:
-            out = list(self.decoder.decode(self.requests))
+            out = self._decode(range(n))
             if len(out) != n:
                 raise ValueError(f"decoder returned {len(out)} masks for {n} requests")
             self._store(range(n), out)
@@ -954,7 +974,7 @@ class _DecodeBatch:
             groups.setdefault(key, []).append(i)
         for key, idx in groups.items():
             try:
-                out = list(self.decoder.decode([self.requests[i] for i in idx]))
+                out = self._decode(idx)
                 if len(out) != len(idx):
                     raise ValueError(f"decoder returned {len(out)} masks for {len(idx)} requests")
                 self._store(idx, out)
@@ -1153,6 +1173,8 @@ def _grid_components(st: _GridState, weights: GridWeights, params: RewardParams,
         comps["mask"] = mask_sum / denom if denom else 0.0
         details["mask_ious"] = ious
     comps["points"] = (pts_num / pts_den) * (len(st.pairs) / denom) if pts_den > 0 and denom else 0.0
+    if batch is not None and batch.reports_fallback:
+        details["mask_fallback"] = batch.fallback_share(st.requests.values())
     return _result(comps, weights, errors, details)
 
 
@@ -1426,6 +1448,9 @@ def _refine_stage2(st: dict, weights: RefineWeights, batch) -> RewardResult:
             ious.append((iou0, iou1))
         comps["mask_gain"] = (float(np.mean(gains)) + 1.0) / 2.0 if gains else 0.0
         details["mask_ious"] = ious
+        if batch.reports_fallback:
+            reqs = [prop["req"][i] for i in range(len(st["per_inst"]))] + list(st["per_inst"])
+            details["mask_fallback"] = batch.fallback_share(reqs)
     return _result(comps, weights, errors, details)
 
 
@@ -1453,8 +1478,9 @@ class _LockedDecoder:
 
 def cached_decoder(name, **kwargs):
     """The mask decoder ``decoders.make_decoder(name, **kwargs)``, built once per process for
-    each (name, kwargs) and shared (its ``decode`` serialized); None for no decoder (``None``,
-    ``""``, ``"none"``)."""
+    each (name, kwargs) and shared (its ``decode`` serialized unless the decoder says it is
+    ``thread_safe``, as the SAM service client does); None for no decoder (``None``, ``""``,
+    ``"none"``)."""
     if name in _NO_DECODER:
         return None
     import json
@@ -1465,7 +1491,10 @@ def cached_decoder(name, **kwargs):
         if dec is None:
             from .decoders import make_decoder
 
-            dec = _DECODERS[key] = _LockedDecoder(make_decoder(str(name), **kwargs))
+            dec = make_decoder(str(name), **kwargs)
+            if not getattr(dec, "thread_safe", False):
+                dec = _LockedDecoder(dec)
+            _DECODERS[key] = dec
     return dec
 
 
@@ -1490,9 +1519,10 @@ def setup_from_kwargs(kwargs: dict, ignore=()) -> RewardSetup:
     """A ``RewardSetup`` from an adapter's keyword arguments (EasyR1's
     ``worker.reward.reward_function_kwargs``, verl's ``custom_reward_function.reward_kwargs``).
 
-    ``decoder``: ``region`` / ``sam`` / ``sam2`` / none; its arguments are ``decoder_kwargs`` (a
-    mapping) plus every key that is not one of ``SETUP_KEYS`` (e.g. ``checkpoint``, ``device``,
-    ``model_type``, ``mode``). ``weights``: a mapping of component weights (of the stage scored;
+    ``decoder``: ``region`` / ``sam`` / ``sam2`` / ``ray`` (the SAM service,
+    ``getok_core.sam_service``) / none; its arguments are ``decoder_kwargs`` (a mapping) plus
+    every key that is not one of ``SETUP_KEYS`` (e.g. ``checkpoint``, ``device``, ``model_type``,
+    ``mode``; for ``ray``: ``app``, ``address``, ``timeout_s``, ``retries``, ``fallback``). ``weights``: a mapping of component weights (of the stage scored;
     refine weights under the same names). ``grid_size`` (32), ``offset_rounds`` (1), ``round``
     (1), ``stage`` (``grid``). Keys in ``ignore`` are dropped. Raises ValueError on keys no one
     reads when there is no decoder (a typo must not pass silently), on a bad stage or weights.
@@ -1509,7 +1539,7 @@ def setup_from_kwargs(kwargs: dict, ignore=()) -> RewardSetup:
         raise ValueError(f"stage must be 'grid' or 'refine', got {stage!r}")
     if name in _NO_DECODER and (kw or dec_kwargs):
         raise ValueError(f"unknown reward argument(s) {sorted(map(str, {**kw, **dec_kwargs}))} "
-                         f"(decoder arguments need decoder=region|sam|sam2; known: {list(SETUP_KEYS)})")
+                         f"(decoder arguments need decoder=region|sam|sam2|ray; known: {list(SETUP_KEYS)})")
     dec_kwargs.update(kw)
     if hasattr(weights, "items"):
         weights = dict(weights.items())

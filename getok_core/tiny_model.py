@@ -100,7 +100,8 @@ def build_qwen2_5_tokenizer(tiktoken_file=None):
     from transformers.convert_slow_tokenizer import TikTokenConverter
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
-    ranks = load_tiktoken_ranks(tiktoken_file or qwen_tiktoken_path())
+    path = str(tiktoken_file or qwen_tiktoken_path())
+    ranks = load_tiktoken_ranks(path)
     if len(ranks) != FIRST_ADDED_ID or sorted(ranks.values()) != list(range(FIRST_ADDED_ID)):
         raise ValueError(f"expected the {FIRST_ADDED_ID} Qwen BPE ranks 0..{FIRST_ADDED_ID - 1}, got {len(ranks)}")
 
@@ -109,8 +110,9 @@ def build_qwen2_5_tokenizer(tiktoken_file=None):
         def load_tiktoken_bpe(tiktoken_url):
             return ranks
 
-    vocab, merges = _Converter(vocab_file="<qwen.tiktoken>", pattern=PRETOKENIZE_REGEX).extract_vocab_merges_from_model(
-        "<qwen.tiktoken>")
+    # transformers >= 5.19 reads the ranks through the override; older versions (5.10, the verl
+    # environment) call tiktoken's own loader on the path, which reads the same file
+    vocab, merges = _Converter(vocab_file=path, pattern=PRETOKENIZE_REGEX).extract_vocab_merges_from_model(path)
     # The constructor adds its special tokens first: only <|endoftext|> here, so that it lands at 151643.
     tok = Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",

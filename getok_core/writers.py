@@ -64,6 +64,8 @@ REFINE_PROMPT = ("Refine your answer: for each object, give one <offset> line wi
 #: verl's default single-turn agent loop; GETok's refinement agent loop is registered as
 #: ``getok_refine`` by the verl plugin.
 DEFAULT_AGENT = "single_turn_agent"
+#: GETok's verl agent loop (``easyr1_plugin/agent_loop.py``): turn 1, then refinement rounds.
+REFINE_AGENT = "getok_refine"
 
 
 # ---------------------------------------------------------------------- questions
@@ -220,6 +222,7 @@ def write_rows(path, rows: Iterable[dict]) -> int:
     return write_jsonl(path, rows)
 
 
-__all__ = ["PROMPT_TEMPLATES", "REFINE_PROMPT", "IMAGE_TAG", "DEFAULT_AGENT", "question", "sample_question",
+__all__ = ["PROMPT_TEMPLATES", "REFINE_PROMPT", "IMAGE_TAG", "DEFAULT_AGENT", "REFINE_AGENT", "question",
+           "sample_question",
            "swift_row", "swift_grpo_row", "easyr1_row", "verl_row", "swift_row_for", "easyr1_row_for", "verl_row_for",
            "atomic_path", "write_jsonl", "write_parquet", "write_rows"]

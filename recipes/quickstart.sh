@@ -47,7 +47,7 @@ swift sft --custom_register_path "$root/swift_plugin/register.py" \
   --dataloader_num_workers 0 --dataset_num_proc 1 --split_dataset_ratio 0 --report_to none \
   --output_dir "$out/sft" > "$out/sft.log" 2>&1 || { tail -40 "$out/sft.log"; exit 1; }
 grep -E "'loss'|train_runtime" "$out/sft.log" | tail -3 || true
-ckpt=$(ls -d "$out"/sft/v*/checkpoint-* | sort -V | tail -1)
+ckpt=$(find "$out/sft" -mindepth 2 -maxdepth 2 -type d -path "*/v*/checkpoint-*" | sort -V | tail -1)
 
 step "swift infer --adapters $ckpt (validation split)"
 swift infer --adapters "$ckpt" --val_dataset "$out/data/swift/val.jsonl" --max_new_tokens "$new_tokens" \

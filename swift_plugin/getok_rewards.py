@@ -27,9 +27,18 @@ it to rewards), else ``ground_truth``: GETok's ground-truth JSON string
 (``getok_core.groundtruth.dumps``). Store it as a string, not as a nested object (a dataset
 loader would turn an object into a struct column with filled-in nulls).
 
-Refinement: the turn-1 proposal is the last assistant message before the completion in
-``messages`` (the stage-2 row's turn 1, or a multi-turn scheduler's own turn 1), else the ground
-truth's ``extra["proposal"]``.
+Refinement, single turn (a stage-2 row): the completion is the offset answer; the turn-1 proposal
+is the last assistant message before it in ``messages`` (the row's turn 1), else the ground truth's
+``extra["proposal"]``.
+
+Refinement dialogue (``--multi_turn_scheduler getok_refine``, ``swift_plugin/getok_multiturn.py``):
+the scheduler records the model's turns in ``rollout_infos["getok_turns"]`` (ms-swift keeps the
+earlier ones in ``messages`` as token ids only); the completion is the last turn. Every GETok ORM
+then scores the dialogue with ``getok_core.refine.score_dialogues`` (turns chosen by
+``refine.stage_turns``): the refinement ORMs the last offset round, relative to the geometry after
+the rounds before it; a dialogue that ended after turn 1 (turn 1 not refinable) gets the
+degenerate-turn-1 verdict, in refinement components like the rest of its group. The grid ORMs score
+turn 1 (so ``getok_grid`` + ``getok_refine`` reward both turns of the dialogue).
 
 Configuration (decoder, weights, grid size, refinement round): the environment variable
 ``GETOK_REWARD_KWARGS`` holding a JSON object with the keys of
@@ -49,7 +58,9 @@ from collections import OrderedDict
 
 from swift.rewards import ORM, orms
 
+from getok_core.refine import score_dialogues, stage_turns
 from getok_core.rewards import score_grid_batch, score_refine_batch, setup_from_kwargs
+from swift_plugin.getok_multiturn import TURNS_KEY
 
 #: Dataset columns read for the ground truth, in order.
 GT_COLUMNS = ("solution", "ground_truth")
@@ -123,6 +134,43 @@ def _proposals(kwargs: dict, n: int) -> list:
     return out
 
 
+def _dialogues(kwargs: dict, completions: list) -> list:
+    """The model's turns of each sample's refinement dialogue (the ``getok_refine`` scheduler's
+    ``rollout_infos[TURNS_KEY]``, the last turn being the completion), else None (single turn)."""
+    infos = kwargs.get("rollout_infos")
+    out: list = [None] * len(completions)
+    if infos is None:
+        return out
+    for k, info in enumerate(list(infos)[:len(completions)]):
+        turns = info.get(TURNS_KEY) if isinstance(info, dict) else None
+        if isinstance(turns, (list, tuple)) and turns:
+            out[k] = [t if isinstance(t, str) else "" for t in turns[:-1]] + [completions[k]]
+    return out
+
+
+def _score_batch(stage: str, completions: list, gts: list, props: list, dialogues: list, setup) -> list:
+    """``score_dialogues`` for the samples with a dialogue (``refine.stage_turns``: the grid stage
+    scores turn 1, the refinement stage the last round), the single-turn scorer for the others."""
+    out: list = [None] * len(completions)
+    multi = [k for k, d in enumerate(dialogues) if d is not None]
+    single = [k for k, d in enumerate(dialogues) if d is None]
+    if single:
+        c, g = [completions[k] for k in single], [gts[k] for k in single]
+        if stage == "refine":
+            res = score_refine_batch(c, g, setup.vocab, [props[k] for k in single], setup.decoder,
+                                     setup.refine_weights, round=setup.round)
+        else:
+            res = score_grid_batch(c, g, setup.vocab, setup.decoder, setup.grid_weights)
+        for k, r in zip(single, res):
+            out[k] = r
+    if multi:
+        res = score_dialogues([stage_turns(dialogues[k], stage) for k in multi], [gts[k] for k in multi],
+                              setup.vocab, setup.decoder, setup.grid_weights, setup.refine_weights)
+        for k, r in zip(multi, res):
+            out[k] = r
+    return out
+
+
 def _key(values) -> tuple:
     return tuple(v if isinstance(v, (str, type(None))) else json.dumps(v, sort_keys=True, default=repr)
                  for v in values)
@@ -136,18 +184,16 @@ def score(stage: str, completions, kwargs: dict):
     rk = reward_kwargs()
     gts = _column(kwargs, n)
     props = _proposals(kwargs, n) if stage == "refine" else [None] * n
-    key = (stage, json.dumps(rk, sort_keys=True, default=repr), _key(completions), _key(gts), _key(props))
+    dialogues = _dialogues(kwargs, completions)
+    key = (stage, json.dumps(rk, sort_keys=True, default=repr), _key(completions), _key(gts), _key(props),
+           _key(dialogues))
     with _lock:
         hit = _memo.get(key)
         if hit is not None:
             _memo.move_to_end(key)
             return hit
     setup = setup_from_kwargs({**rk, "stage": stage})
-    if stage == "refine":
-        results = score_refine_batch(completions, gts, setup.vocab, props, setup.decoder, setup.refine_weights,
-                                     round=setup.round)
-    else:
-        results = score_grid_batch(completions, gts, setup.vocab, setup.decoder, setup.grid_weights)
+    results = _score_batch(stage, completions, gts, props, dialogues, setup)
     with _lock:
         _memo[key] = results
         while len(_memo) > _MEMO_SIZE:

@@ -11,6 +11,7 @@ registers (idempotently: loading it twice, as a file and as ``swift_plugin.regis
 - the tuner ``getok_lora`` (``swift_plugin.getok_tuner``)
 - the GRPO reward ORMs ``getok_grid``, ``getok_refine`` and one per component
   (``swift_plugin.getok_rewards``)
+- the GRPO multi-turn scheduler ``getok_refine`` (``swift_plugin.getok_multiturn``)
 
 Pass absolute paths: ms-swift saves them in args.json and ``swift infer --adapters CKPT`` /
 ``swift export`` replay them. docs/swift.md has the whole story.
@@ -18,6 +19,7 @@ Pass absolute paths: ms-swift saves them in args.json and ``swift infer --adapte
 
 from swift_plugin import getok_dataset as _dataset
 from swift_plugin import getok_model as _model
+from swift_plugin import getok_multiturn as _multiturn
 from swift_plugin import getok_rewards as _rewards
 from swift_plugin import getok_template as _template
 from swift_plugin import getok_tuner as _tuner
@@ -28,6 +30,7 @@ REGISTERED = {
     "datasets": _dataset.register(),
     "tuners": _tuner.register(),
     "orms": _rewards.register(),
+    "multi_turns": _multiturn.register(),
 }
 
 __all__ = ["REGISTERED"]

@@ -38,7 +38,8 @@ def reference(sample_root, tmp_path_factory):
 
 
 OUTPUTS = ["swift/train.jsonl", "swift/train_refine.jsonl", "swift/val.jsonl", "swift/val_refine.jsonl",
-           "easyr1/train.jsonl", "easyr1/val.jsonl", "verl/train.parquet", "verl/val.parquet", "summary.json"]
+           "easyr1/train.jsonl", "easyr1/val.jsonl", "verl/train.parquet", "verl/val.parquet",
+           "verl/train_refine.parquet", "verl/val_refine.parquet", "summary.json"]
 
 
 def same_outputs(a: Path, b: Path):
@@ -94,6 +95,11 @@ def test_verl_parquet_rows(reference):
     for r in table[:20]:
         assert r["prompt"][0]["role"] == "user" and r["reward_model"]["style"] == "rule"
         groundtruth.loads(r["reward_model"]["ground_truth"], strict=True)
+    # the refinement rows: the same rows, chosen by GETok's verl agent loop
+    refine = pq.read_table(out / "verl/train_refine.parquet").to_pylist()
+    assert {r["agent_name"] for r in table} == {"single_turn_agent"}
+    assert {r["agent_name"] for r in refine} == {"getok_refine"}
+    assert [{**r, "agent_name": "getok_refine"} for r in table] == refine
 
 
 def test_workers_and_shards_give_the_same_bytes(sample_root, reference, tmp_path):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from getok_core import GetokVocab, format_offsets
 from getok_core.masks import encode_rle
 from getok_core.refine import (STOP_REASONS, RefineState, advance, refine_message, score_dialogues,
-                               start_refinement)
+                               stage_turns, start_refinement)
 from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch
 from getok_core.writers import REFINE_PROMPT
 
@@ -182,3 +182,30 @@ def test_state_is_a_value():
     assert isinstance(s, RefineState) and s == start_refinement(PROPOSAL, V)
     with pytest.raises(Exception):
         s.turn1 = "x"
+
+
+def test_stage_turns():
+    t2, t3 = offs((1, 0)), offs((-1, 0))
+    assert stage_turns([PROPOSAL, t2, t3], "grid") == [PROPOSAL]
+    assert stage_turns([PROPOSAL, t2, t3], "refine") == [PROPOSAL, t2, t3]
+    assert stage_turns([PROPOSAL], "refine") == [PROPOSAL, ""]
+    assert stage_turns([], "grid") == [""]
+    with pytest.raises(ValueError):
+        stage_turns([PROPOSAL], "sft")
+    # a refine-stage dialogue that ended after turn 1 gets the refinement components, all 0
+    for turn1 in (PROPOSAL, "junk"):
+        r = score_dialogues([stage_turns([turn1], "refine")], [GT1], V)[0]
+        assert set(r.components) == {"format", "point", "box"} and r.overall == 0.0
+    # a right <none> keeps its grid verdict
+    r = score_dialogues([stage_turns(["<think>no</think><answer><none></answer>"], "refine")], [GT0], V)[0]
+    assert r.components == {"format": 1.0, "point": 1.0, "box": 1.0}
+
+
+def test_clean_answer_strips_trailing_end_of_turn_specials_only():
+    from getok_core.refine import clean_answer
+
+    assert clean_answer(PROPOSAL + "<|im_end|>") == PROPOSAL
+    assert clean_answer(PROPOSAL + "<|im_end|>\n<|endoftext|> ") == PROPOSAL
+    assert clean_answer("<|im_end|>" + PROPOSAL) == "<|im_end|>" + PROPOSAL  # only at the end
+    assert clean_answer(None) == "" and clean_answer(b"x<|im_end|>") == "x"
+    assert start_refinement(PROPOSAL + "<|im_end|>", V).refinable

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# GETok evaluation: answer the prepared evaluation split(s) with `swift infer` (vLLM by default),
+# then score the answers with `getok eval` (gIoU / cIoU, N-acc / T-acc on gRefCOCO, Acc@0.5 / 0.8,
+# point accuracy, polyline F1; SPEC §7): a metrics table, metrics.json, per_sample.jsonl and an HTML
+# page of overlays per split, under $OUT/SPLIT/. One turn: the model's grid answer (the refinement
+# turn is trained, and scored by the GRPO rewards, but not used here).
+#
+#   MODEL=output/getok-grpo-easyr1/stage2/merged PREPARED=data/refcoco_val SPLITS="val testA testB" \
+#   SAM_CHECKPOINT=/ckpt/sam_vit_h_4b8939.pth bash recipes/eval.sh
+#   ADAPTERS=output/getok-sft-qwen2.5-vl-7b/v0-.../checkpoint-N bash recipes/eval.sh   # an unmerged swift adapter
+#   DRY_RUN=1 bash recipes/eval.sh     # print the commands, one per line, run nothing
+#
+# Any merged model folder works: recipes/cold_start_swift.sh's $OUT/merged, the EasyR1 / verl / swift
+# GRPO recipes' .../merged. Masks are decoded by SAM in-process (DECODER=sam on DEVICE), as the paper
+# evaluates; DECODER=region needs no weights (a pipeline check, not the paper's numbers).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+
+# --- model, data, outputs
+MODEL=${MODEL:-output/getok-grpo-easyr1/stage2/merged}  # a merged model folder ...
+ADAPTERS=${ADAPTERS:-}                        # ... or a swift adapter checkpoint (its base model comes from args.json)
+PREPARED=${PREPARED:-data/refcoco_val}        # a `getok prepare` output folder holding the splits below
+SPLITS=${SPLITS:-val}                         # space-separated, e.g. "val testA testB"
+OUT=${OUT:-output/getok-eval}                 # $OUT/SPLIT/{infer.jsonl,report/}
+MODEL_TYPE=${MODEL_TYPE:-getok_qwen2_5_vl}
+TEMPLATE=${TEMPLATE:-$MODEL_TYPE}
+SWIFT=${SWIFT:-swift}
+export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}  # the value the model was trained with
+export GETOK_IMAGE_SIZE=${GETOK_IMAGE_SIZE:-}
+export MAX_PIXELS=${MAX_PIXELS:-1003520}
+
+# --- inference
+INFER_BACKEND=${INFER_BACKEND:-vllm}          # vllm | transformers
+NPROC=${NPROC:-1}                             # data-parallel processes (transformers backend)
+VLLM_TP=${VLLM_TP:-1}
+VLLM_GPU_MEM=${VLLM_GPU_MEM:-0.9}
+VLLM_MAX_LEN=${VLLM_MAX_LEN:-4096}
+MAX_BATCH=${MAX_BATCH:-64}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-1024}        # <think> + the answer
+TEMPERATURE=${TEMPERATURE:-0}                 # greedy
+
+# --- scoring
+DECODER=${DECODER:-sam}                       # sam | sam2 | region | none
+SAM_CHECKPOINT=${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}
+SAM_MODEL_TYPE=${SAM_MODEL_TYPE:-vit_h}
+DEVICE=${DEVICE:-cuda:0}
+MODE=${MODE:-joint}                           # joint: one SAM prompt per instance; union: OR of per-point masks
+
+DRY_RUN=${DRY_RUN:-0}
+# run CMD...: execute, or with DRY_RUN=1 print it as one shell-quoted line (parse it with shlex.split)
+run() {
+  if [ "$DRY_RUN" = "1" ]; then
+    local line
+    printf -v line '%q ' "$@"
+    printf '%s\n' "${line% }"
+  else
+    "$@"
+  fi
+}
+
+for split in $SPLITS; do
+  out=$OUT/$split
+  [ "$DRY_RUN" = "1" ] || mkdir -p "$out"
+  args=(--custom_register_path "$REPO/swift_plugin/register.py")
+  if [ -n "$ADAPTERS" ]; then
+    args+=(--adapters "$ADAPTERS")
+  else
+    args+=(--model "$MODEL" --model_type "$MODEL_TYPE" --template "$TEMPLATE")
+  fi
+  args+=(
+    --val_dataset "$PREPARED/swift/$split.jsonl"
+    --infer_backend "$INFER_BACKEND" --max_batch_size "$MAX_BATCH"
+    --max_new_tokens "$MAX_NEW_TOKENS" --temperature "$TEMPERATURE"
+    --result_path "$out/infer.jsonl"
+  )
+  if [ "$INFER_BACKEND" = "vllm" ]; then
+    args+=(--vllm_tensor_parallel_size "$VLLM_TP" --vllm_gpu_memory_utilization "$VLLM_GPU_MEM"
+      --vllm_max_model_len "$VLLM_MAX_LEN")
+  fi
+  envs=(GETOK_GRID_SIZE="$GETOK_GRID_SIZE" GETOK_IMAGE_SIZE="$GETOK_IMAGE_SIZE" MAX_PIXELS="$MAX_PIXELS")
+  [ "$NPROC" -gt 1 ] && envs=(NPROC_PER_NODE="$NPROC" "${envs[@]}")   # torchrun, one process per GPU
+  run env "${envs[@]}" "$SWIFT" infer "${args[@]}"
+
+  eval_args=(getok eval --pred "$out/infer.jsonl" --data "$PREPARED" --split "$split" --out "$out/report"
+    --grid-size "$GETOK_GRID_SIZE" --decoder "$DECODER" --mode "$MODE")
+  case "$DECODER" in
+    sam|sam2) eval_args+=(--sam-checkpoint "$SAM_CHECKPOINT" --sam-model "$SAM_MODEL_TYPE" --device "$DEVICE") ;;
+  esac
+  run "${eval_args[@]}"
+done
+[ "$DRY_RUN" = "1" ] || echo "eval: done. Reports: $OUT/*/report/index.html"

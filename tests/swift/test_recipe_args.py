@@ -1,0 +1,189 @@
+"""The ms-swift commands of the recipes are accepted by ms-swift 4.6's own argument parsing.
+
+Each recipe runs with ``DRY_RUN=1``, which prints every command as one shell-quoted line; the
+``swift SUBCOMMAND ARGS`` lines are parsed with the parser ms-swift builds for that subcommand
+(``swift.utils.parse_args`` = ``HfArgumentParser`` over ``SftArguments`` / ``RLHFArguments`` /
+``ExportArguments`` / ``InferArguments``, with ms-swift's own type-hint patch). The dataclasses'
+``__post_init__`` (which loads the model) is not run: a flag that does not exist, is abbreviated,
+has a value of the wrong type or outside its choices, fails here. The names the recipes pass to the
+GETok plugin (model type, template, tuner, reward functions, multi-turn scheduler) are checked
+against ms-swift's registries after loading ``swift_plugin/register.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.swift
+import swift  # noqa: E402,F401  (the swift environment: a missing package fails)
+from swift.arguments import ExportArguments, InferArguments, RLHFArguments, SftArguments  # noqa: E402
+from swift.utils.utils import _patch_get_type_hints  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+ARG_CLASSES = {"sft": SftArguments, "rlhf": RLHFArguments, "export": ExportArguments, "infer": InferArguments}
+_PARSERS: dict = {}
+
+
+def dry_run(recipe: str, tmp_path: Path, **env) -> list[list[str]]:
+    """The commands RECIPE would run: one argv per printed line."""
+    full = {**os.environ, "DRY_RUN": "1", **{k: str(v) for k, v in env.items()}}
+    proc = subprocess.run(["bash", str(REPO / "recipes" / recipe)], cwd=tmp_path, env=full,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"{recipe} printed no command"
+    for line in lines:
+        assert "$'" not in line, f"not parseable by shlex: {line}"
+    return [shlex.split(line) for line in lines]
+
+
+def split_env(argv: list[str]) -> tuple[dict, list[str]]:
+    """``env K=V ... cmd args`` -> ({K: V}, [cmd, args...])."""
+    env = {}
+    if argv and argv[0] == "env":
+        argv = argv[1:]
+        while argv and "=" in argv[0] and not argv[0].startswith("-"):
+            k, v = argv[0].split("=", 1)
+            env[k] = v
+            argv = argv[1:]
+    return env, argv
+
+
+def swift_commands(commands: list[list[str]]) -> list[tuple[dict, str, list[str]]]:
+    out = []
+    for argv in commands:
+        env, cmd = split_env(argv)
+        if cmd and Path(cmd[0]).name == "swift":
+            out.append((env, cmd[1], cmd[2:]))
+    return out
+
+
+def parser_for(sub: str) -> HfArgumentParser:
+    if sub not in _PARSERS:
+        with _patch_get_type_hints():  # exactly what swift.utils.parse_args does
+            _PARSERS[sub] = HfArgumentParser([ARG_CLASSES[sub]])
+    return _PARSERS[sub]
+
+
+def check_args(sub: str, args: list[str]):
+    """Parse ARGS as `swift SUB` does; return the namespace. Fails on unknown, abbreviated or
+    ill-typed flags."""
+    parser = parser_for(sub)
+    known = set(parser._option_string_actions)
+    flags = [a for a in args if a.startswith("--")]
+    unknown = [f for f in flags if f.split("=", 1)[0] not in known]
+    assert not unknown, f"swift {sub}: flags ms-swift does not define (or abbreviated): {unknown}"
+    parser.exit_on_error = False
+    ns, remaining = parser.parse_known_args(args)
+    assert remaining == [], f"swift {sub}: arguments left over: {remaining}"
+    return ns
+
+
+def test_parser_rejects_a_wrong_flag():
+    """The check can fail: a misspelt flag, an abbreviation and a bad choice are refused."""
+    with pytest.raises(AssertionError, match="does not define"):
+        check_args("rlhf", ["--rlhf_type", "grpo", "--multi_turn_schedular", "x"])
+    with pytest.raises(AssertionError, match="does not define"):
+        check_args("rlhf", ["--rlhf_type", "grpo", "--num_gen", "8"])   # argparse would take the prefix
+    with pytest.raises(SystemExit):
+        parser_for("rlhf").parse_known_args(["--rlhf_type", "gpro"])
+
+
+def test_cold_start_swift_args(tmp_path):
+    cmds = swift_commands(dry_run("cold_start_swift.sh", tmp_path, PREPARED="/data/p", SFT_CKPT="/ck/checkpoint-9",
+                                  OUT="/o/cold", EXTRA_DATA="/data/llava_cot.jsonl#1000"))
+    assert [sub for _, sub, _ in cmds] == ["export", "sft", "export"]
+    ns = [check_args(sub, args) for _, sub, args in cmds]
+    assert ns[0].adapters == ["/ck/checkpoint-9"] and ns[0].merge_lora is True
+    sft = ns[1]
+    assert sft.model == "/o/cold/sft-merged" == ns[0].output_dir
+    assert sft.dataset == ["/data/p/swift/train_refine.jsonl", "/data/llava_cot.jsonl#1000"]
+    assert sft.tuner_type == "getok_lora" and sft.model_type == sft.template == "getok_qwen2_5_vl"
+    assert sft.custom_register_path == [str(REPO / "swift_plugin" / "register.py")]
+    assert sft.add_version is False and sft.create_checkpoint_symlink is True
+    assert ns[2].adapters == ["/o/cold/train/last"] and ns[2].output_dir == "/o/cold/merged"
+    assert cmds[1][0]["NPROC_PER_NODE"] == "8"
+    # an already merged SFT model skips the first export
+    cmds = swift_commands(dry_run("cold_start_swift.sh", tmp_path, SFT_MODEL="/m/sft", DEEPSPEED="none"))
+    assert [sub for _, sub, _ in cmds] == ["sft", "export"]
+    assert check_args("sft", cmds[0][2]).model == "/m/sft"
+
+
+@pytest.mark.parametrize("decoder", ["ray", "region", "none"])
+def test_grpo_swift_args(tmp_path, decoder):
+    commands = dry_run("grpo_swift.sh", tmp_path, PREPARED="/data/p", OUT="/o/g", MASK_DECODER=decoder, ROUNDS=2)
+    cmds = swift_commands(commands)
+    assert [sub for _, sub, _ in cmds] == ["rlhf", "export", "rlhf", "export"]
+    ns = [check_args(sub, args) for _, sub, args in cmds]
+    grid, refine = ns[0], ns[2]
+    for n in (grid, refine):
+        assert n.rlhf_type == "grpo" and n.use_vllm is True and n.vllm_mode == "colocate"
+        assert n.num_generations == 8 and n.tuner_type == "getok_lora"
+        assert n.dataset == ["/data/p/swift/train_grpo.jsonl"]
+        assert n.per_device_train_batch_size * n.gradient_accumulation_steps * 8 == 16 * n.num_generations
+    assert grid.reward_funcs == ["getok_grid"] and grid.multi_turn_scheduler is None
+    assert refine.reward_funcs == ["getok_refine"]
+    assert refine.multi_turn_scheduler == "getok_refine" and refine.max_turns == 3   # ROUNDS + 1
+    assert refine.max_steps == 200
+    assert refine.model == ns[1].output_dir == "/o/g/grid/merged" and ns[1].adapters == ["/o/g/grid/last"]
+    kwargs = json.loads(cmds[0][0]["GETOK_REWARD_KWARGS"])
+    assert kwargs["grid_size"] == 32
+    flat = [" ".join(c) for c in commands]
+    if decoder == "ray":
+        assert kwargs == {"grid_size": 32, "decoder": "ray", "app": "getok-sam", "timeout_s": 120, "fallback": "region"}
+        serve = [i for i, c in enumerate(flat) if c.startswith("getok serve-sam") and "--stop" not in c]
+        stop = [i for i, c in enumerate(flat) if c.startswith("getok serve-sam --stop")]
+        first_rlhf = next(i for i, c in enumerate(commands) if "rlhf" in c)
+        assert len(serve) == 1 and serve[0] < first_rlhf and stop == [len(flat) - 2] and flat[-1] == "ray stop"
+    else:
+        assert not any("serve-sam" in c for c in flat)
+        assert kwargs.get("decoder") == (None if decoder == "none" else decoder)
+
+
+def test_eval_and_sft_recipe_args(tmp_path):
+    cmds = swift_commands(dry_run("eval.sh", tmp_path, PREPARED="/data/v", SPLITS="val testA", MODEL="/m/final"))
+    assert [sub for _, sub, _ in cmds] == ["infer", "infer"]
+    ns = [check_args(sub, args) for _, sub, args in cmds]
+    assert ns[1].val_dataset == ["/data/v/swift/testA.jsonl"] and ns[0].infer_backend == "vllm"
+    cmds = swift_commands(dry_run("eval.sh", tmp_path, ADAPTERS="/ck/checkpoint-3", INFER_BACKEND="transformers"))
+    assert check_args("infer", cmds[0][2]).adapters == ["/ck/checkpoint-3"]
+    # the existing SFT recipe prints one line too: its flags are checked the same way
+    proc = subprocess.run(["bash", str(REPO / "recipes" / "sft_swift.sh")], env={**os.environ, "DRY_RUN": "1"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    check_args("sft", argv[argv.index("sft") + 1:])
+
+
+def test_recipe_names_are_registered(tmp_path):
+    """The model type, template, tuner, ORMs and scheduler the recipes name exist once the plugin
+    file ms-swift loads (--custom_register_path) is imported."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_getok_register_for_recipes", REPO / "swift_plugin" / "register.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from swift.model import MODEL_MAPPING
+    from swift.rewards import orms
+    from swift.rollout.multi_turn import multi_turns
+    from swift.template import TEMPLATE_MAPPING
+    from swift.tuner_plugin import tuners_map
+
+    names = set()
+    for recipe in ("cold_start_swift.sh", "grpo_swift.sh"):
+        for _, _, args in swift_commands(dry_run(recipe, tmp_path, SFT_MODEL="/m")):
+            for flag in ("--model_type", "--template", "--tuner_type", "--reward_funcs", "--multi_turn_scheduler"):
+                if flag in args:
+                    names.add((flag, args[args.index(flag) + 1]))
+    assert ("--multi_turn_scheduler", "getok_refine") in names
+    registries = {"--model_type": MODEL_MAPPING, "--template": TEMPLATE_MAPPING, "--tuner_type": tuners_map,
+                  "--reward_funcs": orms, "--multi_turn_scheduler": multi_turns}
+    missing = [(flag, name) for flag, name in sorted(names) if name not in registries[flag]]
+    assert not missing, f"not registered by swift_plugin/register.py: {missing}"
