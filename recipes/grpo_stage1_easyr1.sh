@@ -4,7 +4,7 @@
 # starting policy (the cold-start SFT model: EasyR1's reference model is worker.actor.model.model_path),
 # weight decay 0.01. Reward: easyr1_plugin/reward.py:grid_reward (format, nonrepeat, box, mask,
 # points; docs/rewards.md). Then the last checkpoint is merged into a Hugging Face folder, linked as
-# $OUT/merged: the input of recipes/grpo_stage2_easyr1.sh.
+# $OUT/stage1/merged: the input of recipes/grpo_stage2_easyr1.sh.
 #
 #   EASYR1_DIR=~/EasyR1 MODEL=output/getok-cold-start-qwen2.5-vl-7b/merged PREPARED=data/refcoco_train \
 #   SAM_CHECKPOINT=/ckpt/sam_vit_h_4b8939.pth bash recipes/grpo_stage1_easyr1.sh

@@ -18,7 +18,8 @@
 # ENDPOINT / SERVED_MODEL (any OpenAI-compatible server, e.g. `swift deploy` or `vllm serve` of the
 # stage-1 model), or BACKEND=transformers (slow; tests). NUM_SAMPLES > 1 writes several proposals
 # per expression (more varied turn-1 answers, a larger stage-2 set). Existing proposal files are
-# reused (REUSE_PROPOSALS=1); delete them to redo.
+# reused (REUSE_PROPOSALS=1). To sample new proposals, delete the output JSONL and its
+# .rollouts.jsonl (the answers already generated: rollout-proposals resumes from it; docs/rollout.md).
 #
 # Mask reward and the SAM service: as in recipes/grpo_stage1_easyr1.sh (MASK_DECODER=ray starts
 # `getok serve-sam` on the Ray cluster before training and stops it on exit). mask_gain needs two

@@ -6,7 +6,8 @@
 #   stage grid:   one turn, reward getok_grid (docs/rewards.md)
 #   stage refine: GETok's multi-turn scheduler (--multi_turn_scheduler getok_refine --max_turns
 #                 ROUNDS+1): turn 1 the grid proposal, then the refinement request, turn 2 the offsets;
-#                 reward getok_refine scores the dialogue from `messages`; ~200 steps (the paper)
+#                 reward getok_refine scores the dialogue (the scheduler's rollout_infos["getok_turns"]);
+#                 ~200 steps (the paper)
 # Each stage's last checkpoint is merged (swift export --merge_lora) into $OUT/STAGE/merged, the
 # next stage's model.
 #
