@@ -100,8 +100,8 @@ class GetokRefineAgentLoop(AgentLoopBase):
         stop = state.stop_reason or (LENGTH if dlg.cut else "")
         info = {"score": float(result.overall), **{k: float(v) for k, v in result.components.items()},
                 "stop_reason": stop}
-        if "mask_fallback" in result.details:  # decoder=ray with fallback=region
-            info["mask_fallback"] = float(result.details["mask_fallback"])
+        if getattr(self.setup.decoder, "fallback", None) is not None:  # decoder=ray, fallback=region: every row
+            info["mask_fallback"] = float(result.details.get("mask_fallback", 0.0))
         n = len(dlg.mask)
         extra = dict(dlg.server_fields)
         extra.update(reward_extra_info=info, turn_scores=[], tool_rewards=[])

@@ -395,7 +395,11 @@ class RaySamDecoder(MaskDecoder):
         how and it is not running). Raises SamServiceError when it is not running."""
         with self._lock:
             if self._handle is None:
-                connect(self.address)
+                try:
+                    connect(self.address)
+                except Exception as exc:  # noqa: BLE001 (no cluster: a clear error, or the fallback)
+                    raise SamServiceError(f"SAM service app {self.app!r}: cannot connect to the Ray cluster at "
+                                          f"{self.address!r} ({type(exc).__name__}: {exc})") from None
                 from ray import serve
                 from ray.serve.exceptions import RayServeException
 

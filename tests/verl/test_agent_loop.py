@@ -122,7 +122,9 @@ def yaml_path(tmp_path_factory):
     assert [e["name"] for e in base] == ["getok_refine"]
     entry = dict(base[0], reward_kwargs={"grid_size": 10})
     variants = [dict(entry, name="g_refine"), dict(entry, name="g_grid", stage="grid"),
-                dict(entry, name="g_rounds2", rounds=2), dict(entry, name="g_overlay", overlay=True)]
+                dict(entry, name="g_rounds2", rounds=2), dict(entry, name="g_overlay", overlay=True),
+                dict(entry, name="g_fallback", reward_kwargs={"grid_size": 10, "decoder": "ray", "app": "absent",
+                                                              "timeout_s": 5, "fallback": "region"})]
     path = tmp_path_factory.mktemp("yaml") / "agent_loop.yaml"
     OmegaConf.save(OmegaConf.create(base + variants), path)
     return str(path)
@@ -343,3 +345,28 @@ def test_tiny_model_generates_both_turns_path(model_dir, yaml_path, image_path, 
     if server.calls == 1:
         assert reward(out, 0) == pytest.approx(score_dialogues([[turn1, ""]], [gt()], V)[0].overall)
     assert 0.0 <= reward(out, 0) <= 2.5
+
+
+def test_sam_service_fallback_is_logged_on_every_trajectory(model_dir, yaml_path, image_path, tmp_path):
+    """decoder=ray with fallback=region and no service: the masks come from the region decoder, the
+    reward equals the region decoder's, and every trajectory logs mask_fallback (fixed keys)."""
+    import ray
+
+    from getok_core.region_decoder import RegionDecoder
+
+    truth = json.loads(gt())
+    truth["image_path"] = image_path  # the fallback reads the image itself
+    truth = json.dumps(truth)
+    server = ScriptedServer(_tokenizer(model_dir), {"fb": [PROPOSAL, offs((-1, 0))], "fb junk": ["junk", ""]})
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # a cluster without the app
+    try:
+        worker, out = run_rows(make_config(model_dir, yaml_path), server,
+                               [row(image_path, "fb", "g_fallback", truth), row(image_path, "fb junk", "g_fallback",
+                                                                                 truth, index=1)], tmp_path)
+    finally:
+        ray.shutdown()
+    want = score_dialogues([[PROPOSAL, offs((-1, 0))], ["junk", ""]], [truth] * 2, V, RegionDecoder())
+    assert [reward(out, i) for i in range(2)] == pytest.approx([r.overall for r in want])
+    assert "mask_gain" in out.meta_info["reward_extra_keys"] and "mask_fallback" in out.meta_info["reward_extra_keys"]
+    assert list(out.non_tensor_batch["mask_fallback"]) == [1.0, 0.0]  # the junk turn 1 decoded nothing
