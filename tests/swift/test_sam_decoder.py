@@ -351,10 +351,10 @@ def test_from_checkpoint_and_make_decoder(sam, tmp_path, monkeypatch):
         model.load_state_dict(torch.load(checkpoint))
         return model
 
-    monkeypatch.setitem(segment_anything.sam_model_registry, "tiny", build)
-    d = SamDecoder.from_checkpoint("tiny", ckpt, device="cpu", cache_bytes=1 << 20, mode="union", batch_size=4)
+    monkeypatch.setitem(segment_anything.sam_model_registry, "registry_tiny", build)
+    d = SamDecoder.from_checkpoint("registry_tiny", ckpt, device="cpu", cache_bytes=1 << 20, mode="union", batch_size=4)
     assert seen == [str(ckpt)] and d.mode == "union" and d.batch_size == 4 and d.cache.max_bytes == 1 << 20
-    m = make_decoder("sam", model_type="tiny", checkpoint=ckpt, device="cpu", mode="union")
+    m = make_decoder("sam", model_type="registry_tiny", checkpoint=ckpt, device="cpu", mode="union")
     assert isinstance(m, SamDecoder) and not m.model.training
     img = image()
     inst = [Instance(points=[(0.3, 0.3), (0.6, 0.7)])]
@@ -363,9 +363,9 @@ def test_from_checkpoint_and_make_decoder(sam, tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         SamDecoder.from_checkpoint("no_such_type", ckpt)
     with pytest.raises(ValueError):
-        SamDecoder.from_checkpoint("tiny")
+        SamDecoder.from_checkpoint("registry_tiny")
     with pytest.raises(FileNotFoundError):
-        SamDecoder.from_checkpoint("tiny", tmp_path / "missing.pth")
+        SamDecoder.from_checkpoint("registry_tiny", tmp_path / "missing.pth")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sam2") is not None, reason="sam2 is installed")

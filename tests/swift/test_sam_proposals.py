@@ -169,8 +169,8 @@ def test_from_checkpoint_uses_the_registry(sam, tmp_path, monkeypatch):
         model.load_state_dict(torch.load(checkpoint))
         return model
 
-    monkeypatch.setitem(segment_anything.sam_model_registry, "tiny", build)
-    proposer = SamProposer.from_checkpoint("tiny", ckpt, device="cpu", batch_size=32)
+    monkeypatch.setitem(segment_anything.sam_model_registry, "registry_tiny", build)
+    proposer = SamProposer.from_checkpoint("registry_tiny", ckpt, device="cpu", batch_size=32)
     assert seen == [str(ckpt)] and proposer.batch_size == 32
     assert proposer.tag == SamProposer(sam).tag                   # identity = the loaded weights
     img = image()
@@ -178,7 +178,7 @@ def test_from_checkpoint_uses_the_registry(sam, tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         SamProposer.from_checkpoint("no_such_type", ckpt)
     with pytest.raises(FileNotFoundError):
-        SamProposer.from_checkpoint("tiny", tmp_path / "missing.pth")
+        SamProposer.from_checkpoint("registry_tiny", tmp_path / "missing.pth")
 
 
 def test_cache_skips_the_encoder(sam, tmp_path):
