@@ -41,9 +41,9 @@ import time
 import numpy as np
 
 
-from getok_core.instance import Instance  # noqa: E402
-from getok_core.region_decoder import RegionDecoder  # noqa: E402
-from getok_core.sam_decoder import SamDecoder, instance_prompt_points  # noqa: E402
+from getok_core.codec.instance import Instance  # noqa: E402
+from getok_core.decoders.region import RegionDecoder  # noqa: E402
+from getok_core.decoders.sam import SamDecoder, instance_prompt_points  # noqa: E402
 
 SIZES = [(480, 640), (640, 480), (512, 512), (427, 640)]  # (H, W)
 
@@ -158,7 +158,7 @@ def vit_b_width_encoder(seed=0):
 
 
 def build_model(encoder):
-    from getok_core.tiny_sam import build_tiny_sam
+    from getok_core.decoders.tiny_sam import build_tiny_sam
 
     sam = build_tiny_sam(0)
     if encoder == "vit_b_width":

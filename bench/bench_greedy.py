@@ -28,7 +28,7 @@ import numpy as np
 from skimage import draw
 from skimage.segmentation import felzenszwalb
 
-from getok_core.greedy import PackedProposals, greedy_select
+from getok_core.data.greedy import PackedProposals, greedy_select
 
 H, W = 480, 640
 

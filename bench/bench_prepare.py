@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from getok_core.prepare import PrepareConfig, prepare
-from getok_core.sample_data import write_sample_dataset
+from getok_core.prepare.engine import PrepareConfig, prepare
+from getok_core.data.sample_data import write_sample_dataset
 
 
 def run(root, out, **kw):

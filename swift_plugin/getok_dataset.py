@@ -2,7 +2,7 @@
 
 - ``--dataset getok-sample`` (also ``getok-sample-refine``, ``getok-sample-val``,
   ``getok-sample-val-refine``): on first use the sample dataset is drawn
-  (``getok_core.sample_data``) and prepared (``getok_core.prepare``: region proposals, greedy
+  (``getok_core.data.sample_data``) and prepared (``getok_core.prepare.engine``: region proposals, greedy
   ``<seg>`` points, refinement conversations, swift format) into
   ``$GETOK_CACHE/swift-sample-grid{N}`` (default ``~/.cache/getok``; N = ``GETOK_GRID_SIZE``), then
   read like any JSONL. Takes ~20 s once; concurrent ranks wait on a file lock.
@@ -24,8 +24,8 @@ from swift.dataset import DatasetMeta, MessagesPreprocessor, register_dataset
 from swift.dataset.loader import DatasetLoader
 from swift.utils import get_logger
 
-from getok_core.answer import parse_answer, parse_offsets
-from getok_core.vocab import STRUCTURAL_TAGS
+from getok_core.codec.answer import parse_answer, parse_offsets
+from getok_core.codec.vocab import STRUCTURAL_TAGS
 
 from .getok_tokens import vocab_from_env
 
@@ -67,8 +67,8 @@ def _file_lock(path: Path):
 def ensure_sample(out: str | os.PathLike | None = None, grid_size: int | None = None) -> Path:
     """The prepared sample dataset folder (``OUT/swift/*.jsonl``), generated and prepared when
     missing. Safe to call from several processes at once."""
-    from getok_core.prepare import PrepareConfig, prepare
-    from getok_core.sample_data import write_sample_dataset
+    from getok_core.prepare.engine import PrepareConfig, prepare
+    from getok_core.data.sample_data import write_sample_dataset
 
     n = vocab_from_env().grid_size if grid_size is None else grid_size
     out = Path(out) if out is not None else sample_dir(n)

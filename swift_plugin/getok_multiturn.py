@@ -1,7 +1,7 @@
 """GETok's refinement dialogue as an ms-swift GRPO multi-turn scheduler (``getok_refine``).
 
 ``swift rlhf --rlhf_type grpo --multi_turn_scheduler getok_refine --max_turns 2 --reward_funcs
-getok_refine``: turn 1 is the model's grid answer; if ``getok_core.refine.start_refinement`` finds it
+getok_refine``: turn 1 is the model's grid answer; if ``getok_core.rewards.dialogue.start_refinement`` finds it
 refinable, the scheduler appends the user turn ``refine_message(state)`` and the model answers its
 offsets. ``--max_turns N`` allows R = N - 1 offset rounds (R > 1: multi-round refinement, beyond
 the paper); unset, R = ``GETOK_OFFSET_ROUNDS`` (default 1). The dialogue ends after turn 1 when
@@ -21,8 +21,8 @@ from __future__ import annotations
 from swift.rollout import MultiTurnScheduler, multi_turns
 from swift.template.utils import get_token_backed_response_ids
 
-from getok_core.refine import RefineState, advance, clean_answer, refine_message, start_refinement
-from getok_core.vocab import GetokVocab
+from getok_core.rewards.dialogue import RefineState, advance, clean_answer, refine_message, start_refinement
+from getok_core.codec.vocab import GetokVocab
 from swift_plugin.getok_tokens import vocab_from_env
 
 NAME = "getok_refine"

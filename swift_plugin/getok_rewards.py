@@ -24,7 +24,7 @@ last batches' results are memoized), so listing five component ORMs costs one sc
 
 Ground truth: the dataset column ``solution`` (ms-swift keeps that column for GRPO and passes
 it to rewards), else ``ground_truth``: GETok's ground-truth JSON string
-(``getok_core.groundtruth.dumps``). Store it as a string, not as a nested object (a dataset
+(``getok_core.data.groundtruth.dumps``). Store it as a string, not as a nested object (a dataset
 loader would turn an object into a struct column with filled-in nulls).
 
 Refinement, single turn (a stage-2 row): the completion is the offset answer; the turn-1 proposal
@@ -34,7 +34,7 @@ is the last assistant message before it in ``messages`` (the row's turn 1), else
 Refinement dialogue (``--multi_turn_scheduler getok_refine``, ``swift_plugin/getok_multiturn.py``):
 the scheduler records the model's turns in ``rollout_infos["getok_turns"]`` (ms-swift keeps the
 earlier ones in ``messages`` as token ids only); the completion is the last turn. Every GETok ORM
-then scores the dialogue with ``getok_core.refine.score_dialogues`` (turns chosen by
+then scores the dialogue with ``getok_core.rewards.dialogue.score_dialogues`` (turns chosen by
 ``refine.stage_turns``): the refinement ORMs the last offset round, relative to the geometry after
 the rounds before it; a dialogue that ended after turn 1 (turn 1 not refinable) gets the
 degenerate-turn-1 verdict, in refinement components like the rest of its group. The grid ORMs score
@@ -42,7 +42,7 @@ turn 1 (so ``getok_grid`` + ``getok_refine`` reward both turns of the dialogue).
 
 Configuration (decoder, weights, grid size, refinement round): the environment variable
 ``GETOK_REWARD_KWARGS`` holding a JSON object with the keys of
-``getok_core.rewards.setup_from_kwargs`` (e.g. ``{"decoder": "sam", "checkpoint":
+``getok_core.rewards.core.setup_from_kwargs`` (e.g. ``{"decoder": "sam", "checkpoint":
 "/ckpt/sam_vit_b.pth", "model_type": "vit_b", "device": "cuda"}``), or ``configure(**kwargs)``
 from a plugin file (it wins over the environment). No decoder: ``getok_mask`` and
 ``getok_refine_mask_gain`` refuse to start, and the ``overall`` ORMs leave the mask component
@@ -58,8 +58,8 @@ from collections import OrderedDict
 
 from swift.rewards import ORM, orms
 
-from getok_core.refine import score_dialogues, stage_turns
-from getok_core.rewards import score_grid_batch, score_refine_batch, setup_from_kwargs
+from getok_core.rewards.dialogue import score_dialogues, stage_turns
+from getok_core.rewards.core import score_grid_batch, score_refine_batch, setup_from_kwargs
 from swift_plugin.getok_multiturn import TURNS_KEY
 
 #: Dataset columns read for the ground truth, in order.

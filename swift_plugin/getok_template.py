@@ -34,8 +34,8 @@ from swift.template import TEMPLATE_MAPPING, register_template
 from swift.template.templates.qwen import Qwen2_5VLTemplate, Qwen2VLTemplate, Qwen3VLTemplate
 from swift.utils import get_logger
 
-from getok_core.answer import format_cells
-from getok_core.instance import Instance, encode_instance
+from getok_core.codec.answer import format_cells
+from getok_core.codec.instance import Instance, encode_instance
 
 from .getok_tokens import vocab_from_env
 

@@ -26,7 +26,7 @@ import hashlib
 import math
 import os
 
-from getok_core.vocab import GetokVocab
+from getok_core.codec.vocab import GetokVocab
 
 #: Environment variables read by the plugin (documented in docs/swift.md).
 ENV_GRID_SIZE = "GETOK_GRID_SIZE"

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from getok_core import GetokVocab, Instance, format_answer, format_offsets, parse_answer, parse_offsets, quantize
-from getok_core.instance import anchors, apply_offsets, encode_instance
+from getok_core.codec.instance import anchors, apply_offsets, encode_instance
 
 EPS = 1e-12
 unit = st.floats(0.0, 1.0, allow_nan=False)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from getok_core import GetokVocab, format_offsets
-from getok_core.masks import encode_rle
+from getok_core.data.masks import encode_rle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REWARD_FILE = os.path.join(ROOT, "easyr1_plugin", "reward.py")
@@ -158,7 +158,7 @@ def test_bad_configuration_raises(easyr1):
 
 
 def test_decoder_built_once(easyr1):
-    from getok_core.rewards import cached_decoder
+    from getok_core.rewards.core import cached_decoder
 
     a = cached_decoder("region", mode="union")
     easyr1.grid_reward([{"response": "", "response_length": 0, "ground_truth": gt()}], decoder="region", mode="union")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from getok_core import groundtruth
-from getok_core.decoders import make_decoder
-from getok_core.evaluate import evaluate, read_ground_truth
-from getok_core.prepare import PrepareConfig, prepare
-from getok_core.sample_data import write_sample_dataset
+from getok_core.data import groundtruth
+from getok_core.decoders.base import make_decoder
+from getok_core.evaluation.evaluate import evaluate, read_ground_truth
+from getok_core.prepare.engine import PrepareConfig, prepare
+from getok_core.data.sample_data import write_sample_dataset
 
 QUIET = dict(log=lambda *a: None)
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from getok_core.greedy import PackedProposals, greedy_select, index_to_cell
-from getok_core.masks import encode_rle
+from getok_core.data.greedy import PackedProposals, greedy_select, index_to_cell
+from getok_core.data.masks import encode_rle
 
 # pycocotools' decode trips a numpy 2 DeprecationWarning (``__array__`` without ``copy``) per call.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -275,7 +275,7 @@ def test_larger_scene_matches_reference():
 
 def test_popcount_fallback_and_lut_path(monkeypatch):
     """numpy < 2 has no bitwise_count: the lookup-table popcount gives the same counts and results."""
-    from getok_core import greedy
+    from getok_core.data import greedy
     rng = np.random.default_rng(3)
     words = rng.integers(0, 2**63, size=(5, 7), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     expected = [[bin(int(x)).count("1") for x in row] for row in words]
@@ -288,7 +288,7 @@ def test_popcount_fallback_and_lut_path(monkeypatch):
 
 def test_corrupt_rle_is_rejected_before_pycocotools():
     """pycocotools trusts RLE counts (a corrupt string crashed the interpreter): we check first."""
-    from getok_core.masks import decode_rle, rle_area, rle_ious
+    from getok_core.data.masks import decode_rle, rle_area, rle_ious
 
     for bad in ({"size": [4, 4], "counts": "0\\\\"}, {"size": [4, 4], "counts": [3, 3]},
                 {"size": [4, -4], "counts": "04"}, {"size": [4, 4]}, "not an rle"):

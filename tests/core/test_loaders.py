@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from getok_core.groundtruth import rle_problem, rle_string_counts
-from getok_core.loaders import (DATASETS, fill_polygon, image_size, load_coco, load_dataset, load_grefcoco,
+from getok_core.data.groundtruth import rle_problem, rle_string_counts
+from getok_core.data.loaders import (DATASETS, fill_polygon, image_size, load_coco, load_dataset, load_grefcoco,
                                 load_jsonl, load_lanes, load_points, load_reasonseg, load_refcoco,
                                 reasonseg_masks)
-from getok_core.masks import decode_rle, encode_rle
-from getok_core.records import Sample, Skipped
+from getok_core.data.masks import decode_rle, encode_rle
+from getok_core.data.records import Sample, Skipped
 
 W, H = 10, 8
 
@@ -234,7 +234,7 @@ def test_missing_dataset_files_raise_at_call(tmp_path):
 
 def test_skips_are_logged_without_a_list(tmp_path, caplog):
     ann_file, img_dir = _coco_fixture(tmp_path, [_ann(1, [[1, 1, 4]])])
-    with caplog.at_level(logging.WARNING, logger="getok_core.loaders"):
+    with caplog.at_level(logging.WARNING, logger="getok_core.data.loaders"):
         assert list(load_coco(ann_file, img_dir)) == []
     assert "odd number" in caplog.text and "instances.json" in caplog.text
 

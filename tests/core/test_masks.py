@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mu
 
-from getok_core.masks import rle_string_counts
+from getok_core.data.masks import rle_string_counts
 
 
 def ref(s):

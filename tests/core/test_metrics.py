@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from getok_core import GetokVocab, Instance, format_answer, parse_answer
-from getok_core.groundtruth import dumps, make_ground_truth
-from getok_core.masks import encode_rle, to_coco
-from getok_core.metrics import (box_accuracy, box_iou, box_iou_matrix, evaluate_predictions, format_validity,
+from getok_core.data.groundtruth import dumps, make_ground_truth
+from getok_core.data.masks import encode_rle, to_coco
+from getok_core.evaluation.metrics import (box_accuracy, box_iou, box_iou_matrix, evaluate_predictions, format_validity,
                                 point_accuracy, point_segment_distances, polyline_scores, segmentation_scores,
                                 union_masks)
-from getok_core.records import Sample, Target
+from getok_core.data.records import Sample, Target
 
 
 def _m(h, w, *slices):

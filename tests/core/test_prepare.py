@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from getok_core import GetokVocab, parse_answer, parse_offsets
-from getok_core import groundtruth
-from getok_core.prepare import ImageWorker, PrepareConfig, prepare
-from getok_core.sample_data import write_sample_dataset
+from getok_core.data import groundtruth
+from getok_core.prepare.engine import ImageWorker, PrepareConfig, prepare
+from getok_core.data.sample_data import write_sample_dataset
 
 V = GetokVocab()
 

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from getok_core.masks import decode_rle, encode_rle, mask_iou
-from getok_core.proposals import (ProposalCache, Proposals, RegionProposer, grid_pixels, grid_points,
+from getok_core.data.masks import decode_rle, encode_rle, mask_iou
+from getok_core.prepare.proposals import (ProposalCache, Proposals, RegionProposer, grid_pixels, grid_points,
                                   region_method_tag, region_params, region_proposals, to_rgb)
 
 
@@ -248,7 +248,7 @@ def test_corrupted_cache_file_is_recomputed_and_reported(tmp_path, caplog, damag
         calls.append(1)
         return good
 
-    with caplog.at_level(logging.WARNING, logger="getok_core.proposals"):
+    with caplog.at_level(logging.WARNING, logger="getok_core.prepare.proposals"):
         out = cache.get_or_compute("k", "t", 3, compute)
     assert out == good and calls == [1]
     assert cache.corrupt == [str(path)]

@@ -1,4 +1,4 @@
-"""The refinement dialogue (getok_core.refine): stop reasons, rounds, and dialogue scoring.
+"""The refinement dialogue (getok_core.rewards.dialogue): stop reasons, rounds, and dialogue scoring.
 
 Geometry as in test_rewards.py: a 100 x 100 image, a 10 x 10 grid (cell 10 px, cell centre (x, y)
 at pixel (10x + 5, 10y + 5), round-1 step 5 px, round-2 step 2.5 px); target M1 = columns 25..54,
@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from getok_core import GetokVocab, format_offsets
-from getok_core.masks import encode_rle
-from getok_core.refine import (STOP_REASONS, RefineState, advance, refine_message, score_dialogues,
+from getok_core.data.masks import encode_rle
+from getok_core.rewards.dialogue import (STOP_REASONS, RefineState, advance, refine_message, score_dialogues,
                                stage_turns, start_refinement)
-from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch
-from getok_core.writers import REFINE_PROMPT
+from getok_core.rewards.core import GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch
+from getok_core.data.writers import REFINE_PROMPT
 
 V = GetokVocab(grid_size=10, offset_rounds=2)
 W = H = 100
@@ -202,7 +202,7 @@ def test_stage_turns():
 
 
 def test_clean_answer_strips_trailing_end_of_turn_specials_only():
-    from getok_core.refine import clean_answer
+    from getok_core.rewards.dialogue import clean_answer
 
     assert clean_answer(PROPOSAL + "<|im_end|>") == PROPOSAL
     assert clean_answer(PROPOSAL + "<|im_end|>\n<|endoftext|> ") == PROPOSAL

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from getok_core import GetokVocab, format_offsets, parse_answer
-from getok_core.decoders import MaskDecoder, make_decoder
-from getok_core.masks import decode_rle, encode_rle, rle_string_counts
-from getok_core.rewards import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights,
+from getok_core.decoders.base import MaskDecoder, make_decoder
+from getok_core.data.masks import decode_rle, encode_rle, rle_string_counts
+from getok_core.rewards.core import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights,
                                 _fast_answer, _match_batch, _mean_nn_batch, _Preds, _runs_many, _truths, box_iou,
                                 boxscore, clear_cache, mask_reward, nonrepeat_score, score_grid, score_grid_batch,
                                 score_refine, score_refine_batch, setup_from_kwargs)

@@ -11,10 +11,10 @@ from PIL import Image
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from getok_core import groundtruth
-from getok_core.loaders import load_coco, load_dataset
-from getok_core.masks import decode_rle
-from getok_core.sample_data import COLORS, write_sample_dataset
+from getok_core.data import groundtruth
+from getok_core.data.loaders import load_coco, load_dataset
+from getok_core.data.masks import decode_rle
+from getok_core.data.sample_data import COLORS, write_sample_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from getok_core import GetokVocab, Instance
-from getok_core.answer import format_answer
-from getok_core.groundtruth import (VERSION, GroundTruthError, dumps, loads, make_ground_truth, targets_of,
+from getok_core.codec.answer import format_answer
+from getok_core.data.groundtruth import (VERSION, GroundTruthError, dumps, loads, make_ground_truth, targets_of,
                                     validate)
-from getok_core.masks import encode_rle
-from getok_core.records import Sample, Target
-from getok_core.writers import (PROMPT_TEMPLATES, REFINE_PROMPT, easyr1_row, easyr1_row_for, question,
+from getok_core.data.masks import encode_rle
+from getok_core.data.records import Sample, Target
+from getok_core.data.writers import (PROMPT_TEMPLATES, REFINE_PROMPT, easyr1_row, easyr1_row_for, question,
                                 sample_question, swift_row, swift_row_for, verl_row, verl_row_for,
                                 write_jsonl, write_parquet, write_rows)
 

@@ -62,21 +62,21 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def base_tokenizer(work):
-    from getok_core.tiny_model import build_qwen2_5_tokenizer
+    from getok_core.models.tiny_model import build_qwen2_5_tokenizer
 
     return build_qwen2_5_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_model(work, base_tokenizer) -> str:
-    from getok_core.tiny_model import build_tiny_qwen2_5_vl
+    from getok_core.models.tiny_model import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(work / "tiny-qwen2.5-vl", seed=0, tokenizer=base_tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_tied_model(work, base_tokenizer) -> str:
-    from getok_core.tiny_model import build_tiny_qwen2_5_vl
+    from getok_core.models.tiny_model import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(work / "tiny-qwen2.5-vl-tied", seed=1, tie_word_embeddings=True,
                                  tokenizer=base_tokenizer)

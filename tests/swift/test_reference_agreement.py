@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from getok_core import GetokVocab, smart_resize
-from getok_core.vocab import EDGE_EPS
+from getok_core.codec.vocab import EDGE_EPS
 
 import qwen_vl_utils.vision_process as qwen_vl_utils
 import transformers.models.kosmos2.processing_kosmos2 as kosmos

@@ -20,16 +20,16 @@ import torch
 from jinja2 import Template
 
 from easyr1_plugin.reward import refine_reward
-from getok_core import groundtruth
-from getok_core import rollout as R
-from getok_core.answer import format_answer
+from getok_core.data import groundtruth
+from getok_core.models import rollout as R
+from getok_core.codec.answer import format_answer
 from getok_core.cli import main as getok_main
-from getok_core.instance import Instance, anchors
-from getok_core.masks import decode_rle
-from getok_core.offsets import classify_cells
-from getok_core.refine import refine_message, start_refinement
-from getok_core.vocab import GetokVocab
-from getok_core.writers import REFINE_PROMPT
+from getok_core.codec.instance import Instance, anchors
+from getok_core.data.masks import decode_rle
+from getok_core.data.offsets import classify_cells
+from getok_core.rewards.dialogue import refine_message, start_refinement
+from getok_core.codec.vocab import GetokVocab
+from getok_core.data.writers import REFINE_PROMPT
 
 REPO = Path(__file__).resolve().parents[2]
 FORMAT_DIR = REPO / "easyr1_plugin" / "format_prompt"
@@ -45,7 +45,7 @@ def read_jsonl(path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data(work, prepared) -> Path:
     """The sample dataset's val split in EasyR1 format (`getok prepare`, region proposals)."""
-    from getok_core.prepare import PrepareConfig, prepare
+    from getok_core.prepare.engine import PrepareConfig, prepare
 
     out = work / "rollout-prepared"
     prepare(PrepareConfig(dataset="sample", root=str(prepared / "sample_data"), out=str(out), split="val",

@@ -12,12 +12,13 @@ import torch
 
 from segment_anything import SamPredictor  # noqa: E402
 
-from getok_core.decoders import DecodeGroup, box_pixel_mask, make_decoder  # noqa: E402
-from getok_core.instance import Instance  # noqa: E402
-from getok_core.sam_decoder import (  # noqa: E402
+from getok_core.codec.coords import box_pixel_mask  # noqa: E402
+from getok_core.decoders.base import DecodeGroup, make_decoder  # noqa: E402
+from getok_core.codec.instance import Instance  # noqa: E402
+from getok_core.decoders.sam import (  # noqa: E402
     ENTRY_OVERHEAD_BYTES, Sam2Decoder, SamDecoder, plan_prompts, tensors_nbytes)
 
-from getok_core.tiny_sam import build_tiny_sam  # noqa: E402
+from getok_core.decoders.tiny_sam import build_tiny_sam  # noqa: E402
 
 TOL = 1e-4  # logits this close to the threshold may flip between batched and one-by-one decoding
 

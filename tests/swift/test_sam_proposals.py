@@ -13,9 +13,9 @@ import torch
 
 from segment_anything import SamPredictor  # noqa: E402
 
-from getok_core.proposals import ProposalCache, Proposals, Sam2Proposer, SamProposer, grid_points  # noqa: E402
+from getok_core.prepare.proposals import ProposalCache, Proposals, Sam2Proposer, SamProposer, grid_points  # noqa: E402
 
-from getok_core.tiny_sam import TINY_SAM_CONFIG, build_tiny_sam  # noqa: E402
+from getok_core.decoders.tiny_sam import TINY_SAM_CONFIG, build_tiny_sam  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -33,7 +33,7 @@ def lora_args(**kw):
 def test_tiny_model_has_the_real_qwen_tokenizer_and_consistent_processor(tiny_model):
     from transformers import AutoConfig, AutoProcessor
 
-    from getok_core.tiny_model import QWEN2_5_VL_ADDED_TOKENS
+    from getok_core.models.tiny_model import QWEN2_5_VL_ADDED_TOKENS
 
     proc = AutoProcessor.from_pretrained(tiny_model)
     tok = proc.tokenizer
@@ -59,7 +59,7 @@ def test_tiny_model_command_line(monkeypatch, tmp_path, capsys):
     """`getok tiny-model --out DIR` (add_arguments / run, wired into the getok CLI)."""
     import argparse
 
-    from getok_core import tiny_model
+    from getok_core.models import tiny_model
 
     calls = []
     monkeypatch.setattr(tiny_model, "build_tiny_qwen2_5_vl", lambda out, **kw: calls.append((out, kw)) or str(out))

@@ -33,11 +33,11 @@ from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
 from getok_core import GetokVocab, format_offsets  # noqa: E402
-from getok_core.masks import encode_rle  # noqa: E402
-from getok_core.refine import score_dialogues  # noqa: E402
-from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS  # noqa: E402
-from getok_core.tiny_model import build_qwen2_5_tokenizer, build_tiny_qwen2_5_vl  # noqa: E402
-from getok_core.writers import REFINE_AGENT, REFINE_PROMPT, verl_row, write_parquet  # noqa: E402
+from getok_core.data.masks import encode_rle  # noqa: E402
+from getok_core.rewards.dialogue import score_dialogues  # noqa: E402
+from getok_core.rewards.core import GRID_COMPONENTS, REFINE_COMPONENTS  # noqa: E402
+from getok_core.models.tiny_model import build_qwen2_5_tokenizer, build_tiny_qwen2_5_vl  # noqa: E402
+from getok_core.data.writers import REFINE_AGENT, REFINE_PROMPT, verl_row, write_parquet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 YAML = os.path.join(ROOT, "easyr1_plugin", "agent_loop.yaml")
@@ -352,7 +352,7 @@ def test_sam_service_fallback_is_logged_on_every_trajectory(model_dir, yaml_path
     reward equals the region decoder's, and every trajectory logs mask_fallback (fixed keys)."""
     import ray
 
-    from getok_core.region_decoder import RegionDecoder
+    from getok_core.decoders.region import RegionDecoder
 
     truth = json.loads(gt())
     truth["image_path"] = image_path  # the fallback reads the image itself

@@ -2,7 +2,7 @@
 
 One local cluster (``ray.init(num_cpus=2)``) for the module. The data: the sample dataset's
 ``val`` split (14 images, 59 samples, 6 of the images with masks) with proposals from a tiny
-random SAM checkpoint (``getok_core.tiny_sam``) on a 16 x 16 grid: 4-6 s per mask image on a
+random SAM checkpoint (``getok_core.decoders.tiny_sam``) on a 16 x 16 grid: 4-6 s per mask image on a
 busy core, nearly all in segment-anything's mask upsampling, so the resume test starts from the
 local run's proposals cache and only its second half runs SAM. Torch runs one thread in this
 process (``set_num_threads``) and in the actors (Ray sets ``OMP_NUM_THREADS`` from their one CPU),
@@ -25,11 +25,11 @@ import ray  # noqa: E402  (tests/verl run in the verl environment: a missing pac
 import segment_anything  # noqa: E402,F401
 import torch  # noqa: E402
 
-from getok_core import prepare as prepare_mod  # noqa: E402
-from getok_core.prepare import ImageWorker, PrepareConfig, prepare  # noqa: E402
-from getok_core.sample_data import write_sample_dataset  # noqa: E402
-from getok_core.store import RecordStore  # noqa: E402
-from getok_core.tiny_sam import save_tiny_sam  # noqa: E402
+from getok_core.prepare import engine as prepare_mod  # noqa: E402
+from getok_core.prepare.engine import ImageWorker, PrepareConfig, prepare  # noqa: E402
+from getok_core.data.sample_data import write_sample_dataset  # noqa: E402
+from getok_core.data.store import RecordStore  # noqa: E402
+from getok_core.decoders.tiny_sam import save_tiny_sam  # noqa: E402
 
 RECORDS = "records/shard-00000-of-00001.jsonl"
 

@@ -23,16 +23,16 @@ from ray import serve  # noqa: E402
 
 from getok_core import GetokVocab, Instance, format_answer  # noqa: E402
 from getok_core.cli import main as getok_main  # noqa: E402
-from getok_core.decoders import make_decoder  # noqa: E402
-from getok_core.masks import encode_rle  # noqa: E402
-from getok_core.proposals import load_sam  # noqa: E402
-from getok_core.region_decoder import RegionDecoder  # noqa: E402
-from getok_core.rewards import score_grid_batch, score_refine_batch  # noqa: E402
-from getok_core.sam_decoder import SamDecoder  # noqa: E402
-from getok_core.sam_service import (  # noqa: E402
+from getok_core.decoders.base import make_decoder  # noqa: E402
+from getok_core.data.masks import encode_rle  # noqa: E402
+from getok_core.prepare.proposals import load_sam  # noqa: E402
+from getok_core.decoders.region import RegionDecoder  # noqa: E402
+from getok_core.rewards.core import score_grid_batch, score_refine_batch  # noqa: E402
+from getok_core.decoders.sam import SamDecoder  # noqa: E402
+from getok_core.decoders.service import (  # noqa: E402
     RaySamDecoder, SamServiceError, pack_masks, rank_replicas, resolve_image, serve_sam, service_stats, stop_sam,
     unpack_masks)
-from getok_core.tiny_sam import save_tiny_sam  # noqa: E402
+from getok_core.decoders.tiny_sam import save_tiny_sam  # noqa: E402
 
 APP = "getok-sam-test"
 V = GetokVocab(grid_size=10)

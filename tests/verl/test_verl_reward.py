@@ -32,7 +32,7 @@ from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.reward import load_reward_manager  # noqa: E402
 
 from getok_core import GetokVocab, format_offsets  # noqa: E402
-from getok_core.masks import encode_rle  # noqa: E402
+from getok_core.data.masks import encode_rle  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REWARD_FILE = os.path.join(ROOT, "easyr1_plugin", "verl_reward.py")

@@ -61,7 +61,7 @@ class RayImageWorker:
     image groups, the result their pickled records (one list per group, same order)."""
 
     def __init__(self, cfg):
-        from .prepare import ImageWorker
+        from .engine import ImageWorker
 
         self.worker = ImageWorker(cfg)
 

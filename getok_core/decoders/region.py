@@ -2,13 +2,13 @@
 
 ``RegionDecoder`` stands in for SAM where no weights are available (tests, CPU-only machines,
 quick experiments). It segments each image with the same scikit-image segmentation as the region
-proposals (``getok_core.proposals.region_labels``, same ``method`` and parameters, so a grid
+proposals (``getok_core.prepare.proposals.region_labels``, same ``method`` and parameters, so a grid
 point decodes to exactly the proposal the greedy conversion chose it for) and answers prompts
 with those regions:
 
 - seg points (and a ``<point>``): the union of the regions containing them (the region of a
-  point is the label of the pixel containing it, ``decoders.point_pixel``), clipped to the box
-  (``decoders.box_pixel_mask``) when the instance has one. ``joint`` and ``union`` give the same
+  point is the label of the pixel containing it, ``codec.coords.point_pixel``), clipped to the box
+  (``codec.coords.box_pixel_mask``) when the instance has one. ``joint`` and ``union`` give the same
   masks here (a region is the same whether points are prompted together or alone); they differ
   only in ``counters.prompts_decoded`` (one per instance vs one per point), as with SAM.
 - a box alone: the regions of which at least half the pixels lie inside the box
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decoders import ByteLRUCache, DecodeGroup, MaskDecoder, box_pixel_mask, load_image, point_pixel
-from .proposals import RegionProposer, region_labels
+from ..codec.coords import box_pixel_mask, point_pixel
+from .base import ByteLRUCache, DecodeGroup, MaskDecoder, load_image
+from ..prepare.proposals import RegionProposer, region_labels
 
 DEFAULT_CACHE_BYTES = 256 << 20
 ENTRY_OVERHEAD_BYTES = 256
@@ -72,7 +73,7 @@ class RegionDecoder(MaskDecoder):
     """Masks from an image's region segmentation, consistent with ``RegionProposer``.
 
     ``RegionDecoder(mode="joint", method="felzenszwalb", cache_bytes=256 MiB, **params)``:
-    ``method`` and ``params`` as ``getok_core.proposals.region_proposals`` takes them
+    ``method`` and ``params`` as ``getok_core.prepare.proposals.region_proposals`` takes them
     (validated the same way). See the module's docstring for the decoding rules.
     """
 

@@ -3,7 +3,7 @@
 
 Every loader returns a lazy iterator: pass ``skipped=[]`` and it is filled while you iterate (a
 row the loader cannot use is never dropped silently; with ``skipped=None`` each one is logged as
-a warning on the ``getok_core.loaders`` logger instead). Problems with a whole dataset (a missing
+a warning on the ``getok_core.data.loaders`` logger instead). Problems with a whole dataset (a missing
 annotation file, a file that is not JSON) raise when the loader is called.
 
 Conventions shared by all loaders (details and the formats in ``docs/data.md``):
@@ -1024,7 +1024,7 @@ SAMPLE_PARTS = ("refcoco", "grefcoco", "points", "lanes")
 
 def load_sample(root, split: str | None = None, *, parts: Iterable[str] = SAMPLE_PARTS,
                 skipped: list | None = None, check_images: bool = True) -> Iterator[Sample]:
-    """The bundled sample dataset (``getok_core.sample_data.write_sample_dataset``): its refs
+    """The bundled sample dataset (``getok_core.data.sample_data.write_sample_dataset``): its refs
     (RefCOCO format), grefs (gRefCOCO format: multi- and no-target), points and lanes."""
     import itertools
 
@@ -1068,7 +1068,7 @@ def load_dataset(name: str, root, split: str | None = None, *, skipped: list | N
     - points, lanes, jsonl: ``root`` is the file, or a folder with ``points.json`` /
       ``lanes.json`` / ``data.jsonl``; ``image_root`` defaults to the file's folder; records are
       filtered by their ``split`` field when ``split`` is given.
-    - sample: the folder written by ``getok_core.sample_data.write_sample_dataset``.
+    - sample: the folder written by ``getok_core.data.sample_data.write_sample_dataset``.
 
     Remaining kwargs go to the loader (``task``, ``max_mask_fraction``, ``units``, ...).
     """

@@ -117,7 +117,7 @@ def save_tiny_sam(path, seed: int = 0) -> str:
 
     import torch
 
-    from .store import atomic_path
+    from ..data.store import atomic_path
 
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

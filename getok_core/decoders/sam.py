@@ -31,7 +31,7 @@ So ``SamDecoder`` encodes each image once, keeps its embedding in a bounded LRU 
 - Modes (``mode``): ``joint``: one prompt per instance with all its seg points (label 1), its
   ``<point>`` if it has one, and its box; an instance with only a box is a box prompt, only
   points a points prompt. ``union``: one prompt per point (seg points and ``<point>``), masks
-  ORed, then clipped to the box (``decoders.box_pixel_mask``) when there is one; an instance with
+  ORed, then clipped to the box (``codec.coords.box_pixel_mask``) when there is one; an instance with
   only a box is the box prompt. An instance with nothing to prompt (a polyline or polygon only)
   gets an all-false mask and costs nothing.
 - Multimask rule (``multimask="auto"``, the default): a prompt of exactly one point and no box is
@@ -60,8 +60,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoders import ByteLRUCache, DecodeGroup, MaskDecoder, box_pixel_mask, load_image
-from .instance import Instance
+from ..codec.coords import box_pixel_mask
+from .base import ByteLRUCache, DecodeGroup, MaskDecoder, load_image
+from ..codec.instance import Instance
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ class SamDecoder(_PromptableDecoder):
         ``device`` (default: CUDA when available, else CPU), wrapped in a decoder. ``dtype``
         (float16 / bfloat16) applies on CUDA only. Other keyword arguments (mode, batch_size,
         multimask, cache_device) go to the constructor."""
-        from .proposals import load_sam
+        from ..prepare.proposals import load_sam
 
         return cls(load_sam(model_type, checkpoint, device), dtype=dtype, cache_bytes=cache_bytes, **kwargs)
 
@@ -393,7 +394,7 @@ class Sam2Decoder(_PromptableDecoder):
 
     def __init__(self, model, mode: str = "joint", cache_bytes: int = DEFAULT_CACHE_BYTES,
                  batch_size: int = 32, multimask="auto", dtype=None, cache_device=None):
-        from .proposals import import_sam2_predictor
+        from ..prepare.proposals import import_sam2_predictor
 
         predictor_cls = import_sam2_predictor()
         if isinstance(model, predictor_cls) or (hasattr(model, "set_image") and hasattr(model, "_features")):
@@ -411,7 +412,7 @@ class Sam2Decoder(_PromptableDecoder):
     def from_checkpoint(cls, config: str = "configs/sam2.1/sam2.1_hiera_l.yaml", checkpoint=None, device=None,
                         dtype=None, cache_bytes: int = DEFAULT_CACHE_BYTES, **kwargs) -> "Sam2Decoder":
         """``sam2.build_sam.build_sam2(config, checkpoint, device)`` wrapped in a decoder."""
-        from .proposals import load_sam2
+        from ..prepare.proposals import load_sam2
 
         return cls(load_sam2(config, checkpoint, device), dtype=dtype, cache_bytes=cache_bytes, **kwargs)
 

@@ -25,18 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .answer import ANSWER_CLOSE, ANSWER_OPEN, parse_answer
-from .instance import Instance, anchors
-from .rewards import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights,
+from ..codec.answer import ANSWER_CLOSE, ANSWER_OPEN, parse_answer
+from ..codec.instance import Instance, anchors
+from .core import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights,
                       RewardParams, RewardResult, refined_instances, score_grid_batch, score_refine_batch,
                       weights_from)
-from .vocab import GetokVocab
-from .writers import REFINE_PROMPT
+from ..codec.text import as_text, strip_trailing_specials
+from ..codec.vocab import GetokVocab
+from ..data.writers import REFINE_PROMPT
 
 STOP_REASONS = ("truncated", "unparsable", "no_target", "no_points")
-#: End-of-turn text a server, or a framework decoding a turn with its special tokens, may leave
-#: at the end of a model turn (ChatML); ``clean_answer`` removes it.
-TRAILING_SPECIALS = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -69,32 +67,17 @@ class RefineState:
         return sum(len(anchors(i)) for i in self.instances)
 
 
-def _text(x) -> str:
-    if isinstance(x, str):
-        return x
-    if isinstance(x, bytes):
-        return x.decode("utf-8", "replace")
-    return "" if x is None else str(x)
-
-
 def clean_answer(text) -> str:
-    """A model turn's text without the trailing end-of-turn specials (``TRAILING_SPECIALS``) and
-    whitespace a server or a framework's history may leave; never raises."""
-    text = _text(text)
-    changed = True
-    while changed:
-        changed = False
-        stripped = text.rstrip()
-        for tok in TRAILING_SPECIALS:
-            if stripped.endswith(tok):
-                text, changed = stripped[: -len(tok)], True
-    return text
+    """A model turn's text without the trailing whitespace and chat specials (``<|im_end|>``...)
+    a server or a framework's history may leave (``codec.text.strip_trailing_specials``); never
+    raises."""
+    return strip_trailing_specials(as_text(text))
 
 
 def start_refinement(turn1_text, vocab: GetokVocab | None = None) -> RefineState:
     """The dialogue state after the model's turn-1 answer ``turn1_text``. Never raises."""
     vocab = vocab or GetokVocab()
-    text = _text(turn1_text)
+    text = as_text(turn1_text)
     parsed = parse_answer(text, vocab)
     if not parsed.found_answer:
         return RefineState(text, stop_reason="unparsable")
@@ -124,7 +107,7 @@ def advance(state: RefineState, offsets_text, vocab: GetokVocab | None = None) -
     if state.stop_reason:
         return state
     vocab = vocab or GetokVocab()
-    text = _text(offsets_text)
+    text = as_text(offsets_text)
     try:
         moved = tuple(refined_instances(state.instances, text, vocab, state.round))
     except Exception:  # defensive: malformed geometry must end the dialogue, not the trainer
@@ -159,7 +142,7 @@ def score_dialogues(dialogues: Sequence[Sequence], ground_truths: Sequence, voca
     out: list[RewardResult | None] = [None] * len(dialogues)
     grid_idx, refine_idx, states = [], [], {}
     for k, turns in enumerate(dialogues):
-        turns = [_text(t) for t in (turns or [""])]
+        turns = [as_text(t) for t in (turns or [""])]
         st = start_refinement(turns[0], vocab)
         states[k] = (turns, st)
         if len(turns) == 1 or st.stop_reason == "no_target":
@@ -219,7 +202,7 @@ def _as_refine(grid: RewardResult, with_mask: bool, weights) -> RewardResult:
     return _refine_result(comps, weights, list(grid.errors), {"grid": grid.scores()})
 
 
-__all__ = ["STOP_REASONS", "TRAILING_SPECIALS", "clean_answer", "RefineState", "start_refinement",
+__all__ = ["STOP_REASONS", "clean_answer", "RefineState", "start_refinement",
            "refine_message", "advance", "score_dialogues",
            "stage_turns",
            "GRID_COMPONENTS", "REFINE_COMPONENTS"]

@@ -37,11 +37,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import groundtruth
-from .refine import STOP_REASONS, clean_answer, refine_message, start_refinement
-from .store import RecordStore, atomic_path
-from .vocab import GetokVocab
-from .writers import IMAGE_TAG, write_jsonl
+from ..data import groundtruth
+from ..rewards.dialogue import STOP_REASONS, clean_answer, refine_message, start_refinement
+from ..data.store import RecordStore, atomic_path
+from ..codec.vocab import GetokVocab
+from ..data.writers import IMAGE_TAG, write_jsonl
 
 #: ChatML turn markers (Qwen2 / 2.5 / 3-VL chat templates).
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"

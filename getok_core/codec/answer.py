@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .text import as_text
 from .instance import Instance, InstanceCells, anchors, decode_instance, encode_instance
 from .vocab import DELETE, ELEMENTS, NONE, GetokVocab, Offset
 
@@ -106,14 +107,6 @@ def format_offsets(offsets, vocab: GetokVocab, think: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------- parsing helpers
-def _coerce_text(text) -> str:
-    if isinstance(text, str):
-        return text
-    if isinstance(text, (bytes, bytearray)):
-        return bytes(text).decode("utf-8", errors="replace")
-    return "" if text is None else str(text)
-
-
 def _strip_think(text: str) -> str:
     """``text`` without ``<think>...</think>`` blocks (an unclosed block runs to the end)."""
     out, pos = [], 0
@@ -209,7 +202,7 @@ def parse_answer(text, vocab: GetokVocab) -> Parsed:
     text inside) is dropped and reported; the rest of its instance is kept.
     """
     try:
-        return _parse_answer(_coerce_text(text), vocab)
+        return _parse_answer(as_text(text), vocab)
     except Exception as exc:  # a parser bug must not kill a reward worker; tests keep this unreached
         return Parsed(errors=[f"internal parser error: {type(exc).__name__}: {exc}"])
 
@@ -345,7 +338,7 @@ def parse_offsets(text, proposal_instances, vocab: GetokVocab) -> ParsedOffsets:
     A malformed or missing element gives None for that instance; extra elements are reported.
     """
     try:
-        return _parse_offsets(_coerce_text(text), list(proposal_instances), vocab)
+        return _parse_offsets(as_text(text), list(proposal_instances), vocab)
     except Exception as exc:  # see parse_answer
         return ParsedOffsets(offsets=[None] * _safe_len(proposal_instances),
                              errors=[f"internal parser error: {type(exc).__name__}: {exc}"])

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import groundtruth, metrics
-from .answer import parse_answer
-from .decoders import MaskDecoder, load_image
-from .masks import decode_rle
-from .store import atomic_path
+from ..data import groundtruth
+from . import metrics
+from ..codec.answer import parse_answer
+from ..decoders.base import MaskDecoder, load_image
+from ..data.masks import decode_rle
+from ..data.store import atomic_path
 from .viz import render_overlay, write_report
-from .vocab import GetokVocab
+from ..codec.vocab import GetokVocab
 
 
 @dataclass

@@ -25,7 +25,7 @@ Conventions (the contract the tests check):
   [0, H-1]); the clamp only matters on the far image edge (q = W), where ``GetokVocab.apply_offset``
   clamps too. The same rule serves p and every landing position p + d * s. It is computed in exact
   integer arithmetic (p + d s = ((2x + 1) 2^(r-1) + dx) W / (n 2^r)), so it never suffers float
-  rounding at pixel edges; ``pixel_of`` gives the same pixel from normalized coordinates.
+  rounding at pixel edges; ``codec.coords.point_pixel`` gives the same pixel from normalized coordinates.
 * **Bands** (scipy.ndimage binary morphology). B_t is the rectangle of sides
   2 floor(t_x) + 1 by 2 floor(t_y) + 1 (a square when W = H). Inner I = erode(M, B_s); halo
   O = dilate(M, B_s) minus M; near zone dilate(M, B_2s); ribbon E = morphological gradient of M
@@ -56,10 +56,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .answer import format_answer, format_offsets
-from .instance import Instance
+from ..codec.answer import format_answer, format_offsets
+from ..codec.instance import Instance
 from .masks import decode_rle, mask_box
-from .vocab import DELETE, OFFSET_STEPS, Box, Cell, GetokVocab, Offset
+from ..codec.vocab import DELETE, OFFSET_STEPS, Box, Cell, GetokVocab, Offset
 
 #: Categories in decision and priority order; ``CellClassification.category`` holds their index.
 CATEGORIES = ("inside", "ring", "hard_delete", "far")
@@ -134,19 +134,6 @@ def as_mask(mask) -> np.ndarray:
     if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
         raise ValueError(f"mask must be a non-empty 2-D (H, W) array, got shape {m.shape}")
     return m.astype(bool, copy=False)
-
-
-def pixel_of(uv, size) -> tuple[int, int]:
-    """(col, row) of the pixel containing normalized ``uv`` in an image of ``size`` = (W, H):
-    floor, clamped into the image. A position within 1e-9 px below a pixel edge counts as on it,
-    so positions that ``GetokVocab.cell_point`` / ``apply_offset`` compute in floats land in the
-    pixel that exact arithmetic gives (their true pixel coordinates are multiples of
-    W / (n 2^r), at least 1e-8 px away from any other pixel edge)."""
-    w, h = size
-    u, v = uv
-    col = min(max(int(np.floor(u * w + 1e-9)), 0), w - 1)
-    row = min(max(int(np.floor(v * h + 1e-9)), 0), h - 1)
-    return col, row
 
 
 def step_pixels(size, vocab: GetokVocab, round: int = 1) -> tuple[float, float]:
@@ -432,4 +419,4 @@ def sample_refinement(mask, vocab: GetokVocab, k: int = 16, quotas=DEFAULT_QUOTA
 
 __all__ = ["CATEGORIES", "DEFAULT_QUOTAS", "MOVES", "OffsetTarget", "OffsetBands", "CellClassification",
            "Refinement", "offset_targets", "classify_cells", "offset_bands", "sample_refinement",
-           "quota_counts", "allocate", "stable_seed", "pixel_of", "step_pixels", "as_mask"]
+           "quota_counts", "allocate", "stable_seed", "step_pixels", "as_mask"]

@@ -1,7 +1,7 @@
 """The records that dataset loaders yield and that data preparation consumes.
 
 Geometry is normalized (u, v) in [0, 1] unless a name says pixels; masks are COCO RLE dicts
-(``getok_core.masks``) in the original image frame; sizes are (W, H) in pixels.
+(``getok_core.data.masks``) in the original image frame; sizes are (W, H) in pixels.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Row formats (``docs/data.md`` shows each with an example):
   "images": [path], "reward_model": {"style": "rule", "ground_truth": GROUND_TRUTH_JSON},
   "extra_info": {"index": i, ...}, "agent_name": ...}``
 
-The answer text comes from ``getok_core.answer.format_answer``: callers pass the instances (from
+The answer text comes from ``getok_core.codec.answer.format_answer``: callers pass the instances (from
 data preparation); writers never compute geometry. Questions come from ``PROMPT_TEMPLATES`` so
 that SFT and RL data use the same wording.
 """
@@ -156,7 +156,7 @@ def swift_row_for(sample: Sample, instances, vocab, *, expression_index: int = 0
                   followups: Iterable[tuple[str, str]] = ()) -> dict:
     """The ms-swift row of one expression of ``sample``: the answer is
     ``format_answer(instances, vocab, think)`` (``<none>`` when ``instances`` is empty)."""
-    from .answer import format_answer
+    from ..codec.answer import format_answer
 
     answer = format_answer(list(instances), vocab, think=think)
     return swift_row(sample.image_path, sample_question(sample, expression_index, template), answer, followups)

@@ -32,10 +32,13 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from . import groundtruth
-from .answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, parse_answer, parse_offsets
-from .instance import Instance, InstanceCells, anchors, apply_offsets, decode_instance
-from .vocab import OFFSET_STEPS, GetokVocab
+from ..data import groundtruth
+from ..codec.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, parse_answer, parse_offsets
+from ..codec.coords import points_pixels
+from ..codec.geometry import box_iou
+from ..codec.text import as_text, strip_trailing_specials
+from ..codec.instance import Instance, InstanceCells, anchors, apply_offsets, decode_instance
+from ..codec.vocab import OFFSET_STEPS, GetokVocab
 
 GRID_COMPONENTS = ("format", "nonrepeat", "box", "mask", "points")
 REFINE_COMPONENTS = ("format", "point", "box", "mask_gain")
@@ -153,7 +156,7 @@ def nonrepeat_score(text) -> float:
     (and their closing tags) count as sentence boundaries, so "<think>It is red. It is red."
     repeats."""
     seen = set()
-    for s in _SENTENCE_SPLIT.split(_MARKUP_RE.sub("\n", _coerce_text(text))):
+    for s in _SENTENCE_SPLIT.split(_MARKUP_RE.sub("\n", as_text(text))):
         s = s.strip().casefold()
         if not s:
             continue
@@ -168,17 +171,6 @@ def mask_reward(iou: float, params: RewardParams = DEFAULT_PARAMS) -> float:
     the first / last knot outside their range)."""
     xs, ys = zip(*params.mask_knots)
     return _unit(float(np.interp(float(iou), xs, ys)))
-
-
-def box_iou(a, b) -> float:
-    """IoU of two normalized boxes (u1, v1, u2, v2); 0 when either is None or the union is 0."""
-    if a is None or b is None:
-        return 0.0
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return _unit(inter / union) if union > 0 else 0.0
 
 
 def boxscore(pred, target, size, scale: float = DEFAULT_PARAMS.boxscore_scale) -> float:
@@ -201,31 +193,6 @@ def _unit(x) -> float:
     if not x > 0.0:  # also NaN
         return 0.0
     return 1.0 if x > 1.0 else x
-
-
-def _coerce_text(text) -> str:
-    if isinstance(text, str):
-        return text
-    if isinstance(text, (bytes, bytearray)):
-        return bytes(text).decode("utf-8", errors="replace")
-    if text is None:
-        return ""
-    try:
-        return str(text)
-    except Exception:
-        return ""
-
-
-def _strip_trailing_specials(text: str) -> str:
-    """``text`` without trailing whitespace and chat special tokens (``<|im_end|>``,
-    ``<|endoftext|>``: decoders keep them when special tokens are not skipped)."""
-    t = text.rstrip()
-    while t.endswith("|>"):
-        start = t.rfind("<|", max(0, len(t) - 64))
-        if start < 0 or "<" in t[start + 2:-2] or ">" in t[start + 2:-2]:
-            break
-        t = t[:start].rstrip()
-    return t
 
 
 # ---------------------------------------------------------------------- RLE without decoding
@@ -342,7 +309,7 @@ class _Target:
         self.kind = "mask"
         self.area_px = float(runs[1::2].sum())
         if self.box is None:
-            from .masks import mask_box
+            from ..data.masks import mask_box
 
             self.box = mask_box(self.mask())
             self._mask = None
@@ -355,7 +322,7 @@ class _Target:
         if m is None:
             from pycocotools import mask as mask_utils
 
-            from .masks import to_coco
+            from ..data.masks import to_coco
 
             m = self._mask = mask_utils.decode(to_coco(self.rle)).astype(bool)
         return m
@@ -383,8 +350,7 @@ class _Target:
             return np.zeros(0, bool)
         if self.kind == "mask":
             w, h = size
-            col = np.clip(np.floor(uv[:, 0] * w + 1e-9), 0, w - 1).astype(np.int64)
-            row = np.clip(np.floor(uv[:, 1] * h + 1e-9), 0, h - 1).astype(np.int64)
+            row, col = points_pixels(uv, (w, h))
             return (np.searchsorted(self.ends, col * h + row, side="right") & 1).astype(bool)
         if self.kind == "box":
             b = self.box
@@ -458,8 +424,7 @@ class _Truth:
         out = np.zeros((g, k), bool)
         if self._mask_idx:
             w, h = self.size
-            col = np.clip(np.floor(uv[:, 0] * w + 1e-9), 0, w - 1).astype(np.int64)
-            row = np.clip(np.floor(uv[:, 1] * h + 1e-9), 0, h - 1).astype(np.int64)
+            row, col = points_pixels(uv, (w, h))
             idx = (col * h + row)[None, :] + self._mask_shift[:, None]
             pos = np.searchsorted(self._all_ends, idx.ravel(), side="right").reshape(idx.shape)
             out[self._mask_idx] = ((pos - self._mask_prefix[:, None]) & 1).astype(bool)
@@ -473,7 +438,7 @@ class _Truth:
             return None
         m = self._ignore
         if m is None:
-            from .masks import decode_rle
+            from ..data.masks import decode_rle
 
             m = self._ignore = decode_rle(self.gt["ignore"])
         return m
@@ -677,7 +642,7 @@ def grid_format_ok(text: str, ans: _Answer, task: str | None) -> bool:
     whitespace around them (trailing chat special tokens allowed), the answer valid, every
     non-blank answer line one instance holding exactly the elements ``task`` asks for
     (``TASK_ELEMENTS``), or the answer ``<none>`` / empty."""
-    t = _strip_trailing_specials(text).lstrip()
+    t = strip_trailing_specials(text).lstrip()
     if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
         return False
     for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
@@ -1075,7 +1040,7 @@ def score_grid_batch(responses: Sequence, ground_truths: Sequence, vocab: GetokV
     memo: dict = {}
     states: list[_GridState] = []
     for response, truth in zip(responses, truths):
-        text = _coerce_text(response)
+        text = as_text(response)
         if not truth.ok:
             staged.append(("broken", truth.error))
             continue
@@ -1188,7 +1153,7 @@ def refine_format_ok(text: str, parsed_offsets) -> bool:
     corner)."""
     if not parsed_offsets.valid or not parsed_offsets.found_answer:
         return False
-    t = _strip_trailing_specials(text)
+    t = strip_trailing_specials(text)
     if not t.endswith(ANSWER_CLOSE) or t.count(ANSWER_OPEN) != 1 or t.count(ANSWER_CLOSE) != 1:
         return False
     body = t[t.find(ANSWER_OPEN) + len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
@@ -1200,7 +1165,7 @@ _OFFSET_LINE_RE = re.compile(r"<offset>(?:<OFF-?\d,-?\d>|<DELETE>)*</offset>")
 
 def _proposal_text(proposal, truth: _Truth) -> str | None:
     if proposal is not None:
-        return _coerce_text(proposal)
+        return as_text(proposal)
     value = truth.extra.get("proposal") if isinstance(truth.extra, dict) else None
     return value if isinstance(value, str) else None
 
@@ -1257,7 +1222,7 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
                                      "text in the ground truth's extra[\"proposal\"]"))
             continue
         prior = () if prior_offsets is None or prior_offsets[k] is None else tuple(
-            _coerce_text(t) for t in prior_offsets[k])
+            as_text(t) for t in prior_offsets[k])
         pkey = (ptext, id(truth), prior)
         prop = prop_memo.get(pkey)
         if prop is None:
@@ -1267,7 +1232,7 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
             staged.append(("broken", "turn-1 proposal has no instance to refine"
                            + (f" ({prop['errors'][0]})" if prop["errors"] else "")))
             continue
-        staged.append(("ok", _refine_stage1(_coerce_text(response), truth, prop, vocab, params, batch,
+        staged.append(("ok", _refine_stage1(as_text(response), truth, prop, vocab, params, batch,
                                             round + len(prior))))
     if batch is not None:
         batch.run()
@@ -1489,7 +1454,7 @@ def cached_decoder(name, **kwargs):
     with _DECODER_LOCK:
         dec = _DECODERS.get(key)
         if dec is None:
-            from .decoders import make_decoder
+            from ..decoders.base import make_decoder
 
             dec = make_decoder(str(name), **kwargs)
             if not getattr(dec, "thread_safe", False):
@@ -1520,7 +1485,7 @@ def setup_from_kwargs(kwargs: dict, ignore=()) -> RewardSetup:
     ``worker.reward.reward_function_kwargs``, verl's ``custom_reward_function.reward_kwargs``).
 
     ``decoder``: ``region`` / ``sam`` / ``sam2`` / ``ray`` (the SAM service,
-    ``getok_core.sam_service``) / none; its arguments are ``decoder_kwargs`` (a mapping) plus
+    ``getok_core.decoders.service``) / none; its arguments are ``decoder_kwargs`` (a mapping) plus
     every key that is not one of ``SETUP_KEYS`` (e.g. ``checkpoint``, ``device``, ``model_type``,
     ``mode``; for ``ray``: ``app``, ``address``, ``timeout_s``, ``retries``, ``fallback``). ``weights``: a mapping of component weights (of the stage scored;
     refine weights under the same names). ``grid_size`` (32), ``offset_rounds`` (1), ``round``

@@ -8,14 +8,14 @@ one boolean (H, W) mask per instance, in the original image frame.
 Modes (SPEC §3): ``joint`` prompts once with all points (label 1) plus the box; ``union`` ORs the
 masks of each point prompted alone, clipped to the box when there is one.
 
-Implementations: ``RegionDecoder`` (no weights; ``getok_core.region_decoder``), ``SamDecoder``
-and ``Sam2Decoder`` (``getok_core.sam_decoder``; torch and segment-anything / sam2 needed),
-``RaySamDecoder`` (``getok_core.sam_service``: SAM served by a Ray Serve app; ray needed).
+Implementations: ``RegionDecoder`` (no weights; ``getok_core.decoders.region``), ``SamDecoder``
+and ``Sam2Decoder`` (``getok_core.decoders.sam``; torch and segment-anything / sam2 needed),
+``RaySamDecoder`` (``getok_core.decoders.service``: SAM served by a Ray Serve app; ray needed).
 Use ``make_decoder(name, **kwargs)`` to build one by name.
 
 Shared helpers: ``ByteLRUCache`` (the per-image caches of the decoders: least-recently-used,
-bounded by bytes), ``box_pixel_mask`` and ``point_pixel`` (how a normalized box / point meets the
-pixel grid of the original image).
+bounded by bytes). How a normalized box / point meets the pixel grid of the original image is
+``codec.coords.box_pixel_mask`` / ``point_pixel``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable, Hashable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .instance import Instance
+from ..codec.instance import Instance
 
 ImageSource = Union[str, np.ndarray, Callable[[], np.ndarray]]
 MODES = ("joint", "union")
@@ -60,7 +60,7 @@ def load_image(source: ImageSource) -> np.ndarray:
     if callable(source):
         source = source()
     if isinstance(source, np.ndarray):
-        from .proposals import to_rgb
+        from ..prepare.proposals import to_rgb
 
         return to_rgb(source)
     from PIL import Image, ImageOps
@@ -152,48 +152,6 @@ class ByteLRUCache:
         return f"ByteLRUCache({len(self)} entries, {self.nbytes}/{self.max_bytes} bytes)"
 
 
-#: Positions this close below a pixel edge count as on it (absorbs float rounding of u * W, so
-#: that a cell centre (x + 0.5) / n lands in the same pixel as ``proposals.grid_pixels`` says).
-PIXEL_EPS = 1e-7
-
-
-def point_pixel(uv, size: tuple[int, int]) -> tuple[int, int]:
-    """(row, col) of the pixel containing the normalized point ``uv`` in an image of ``size`` =
-    (W, H): col = floor(u * W) clamped into [0, W - 1], likewise rows (SPEC §1)."""
-    u, v = uv
-    w, h = size
-    col = min(max(math.floor(u * w + PIXEL_EPS), 0), w - 1)
-    row = min(max(math.floor(v * h + PIXEL_EPS), 0), h - 1)
-    return row, col
-
-
-def _box_axis(lo: float, hi: float, n: int) -> tuple[int, int]:
-    lo, hi = min(lo, hi), max(lo, hi)
-    first = math.ceil(lo - 0.5 - PIXEL_EPS)  # pixel i's centre is i + 0.5
-    last = math.floor(hi - 0.5 + PIXEL_EPS)
-    if first > last:  # no centre inside: the pixel holding the box's middle
-        first = last = math.floor((lo + hi) / 2)
-    return min(max(first, 0), n - 1), min(max(last, 0), n - 1) + 1
-
-
-def box_pixel_mask(box, size: tuple[int, int]) -> np.ndarray:
-    """Bool (H, W) mask of the pixels inside the normalized box ``(u1, v1, u2, v2)`` in an image
-    of ``size`` = (W, H).
-
-    A pixel is inside when its centre (col + 0.5, row + 0.5) lies in [u1 W, u2 W] x [v1 H, v2 H]
-    (edges included). On an axis where the box holds no pixel centre (narrower than a pixel), the
-    pixel containing the box's middle is taken, so a box is never empty. Boxes are clipped to the
-    image; a box wholly outside the image keeps the border pixels nearest to it.
-    """
-    w, h = size
-    u1, v1, u2, v2 = box
-    c0, c1 = _box_axis(u1 * w, u2 * w, w)
-    r0, r1 = _box_axis(v1 * h, v2 * h, h)
-    out = np.zeros((h, w), bool)
-    out[r0:r1, c0:c1] = True
-    return out
-
-
 class MaskDecoder:
     """Base class. Subclasses implement ``decode_group``; ``decode`` groups requests by image so
     that each image is encoded once per call (and, with a cache, once across calls)."""
@@ -230,19 +188,19 @@ def make_decoder(name: str, **kwargs) -> MaskDecoder:
     ``sam_service.RaySamDecoder``; kwargs: app, address, timeout_s, retries, fallback, ... and
     optional start arguments: checkpoint, model_type, replicas, gpus_per_replica, ...)."""
     if name == "region":
-        from .region_decoder import RegionDecoder
+        from .region import RegionDecoder
 
         return RegionDecoder(**kwargs)
     if name == "sam":
-        from .sam_decoder import SamDecoder
+        from .sam import SamDecoder
 
         return SamDecoder.from_checkpoint(**kwargs)
     if name == "sam2":
-        from .sam_decoder import Sam2Decoder
+        from .sam import Sam2Decoder
 
         return Sam2Decoder.from_checkpoint(**kwargs)
     if name == "ray":
-        from .sam_service import RaySamDecoder
+        from .service import RaySamDecoder
 
         return RaySamDecoder(**kwargs)
     raise ValueError(f"unknown decoder {name!r}: region, sam, sam2 or ray")

@@ -19,7 +19,7 @@ and a ``proposer.tag`` that names everything that changes the result (use it as 
 - ``Sam2Proposer``: the same with SAM 2's ``SAM2ImagePredictor`` (optional ``sam2`` package).
 
 Images are uint8 arrays (H, W, 3) in RGB (or anything ``to_rgb`` accepts). Masks are COCO RLE
-dicts (``getok_core.masks``) in the original image frame. Nothing here imports torch,
+dicts (``getok_core.data.masks``) in the original image frame. Nothing here imports torch,
 segment-anything or scikit-image until it is used.
 """
 
@@ -39,7 +39,8 @@ from typing import Callable
 
 import numpy as np
 
-from .masks import decode_rle, encode_rle, rle_ious
+from ..codec.coords import points_pixels
+from ..data.masks import decode_rle, encode_rle, rle_ious
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +76,12 @@ def grid_points(image_size: tuple[int, int], grid_size: int) -> np.ndarray:
 def grid_pixels(image_size: tuple[int, int], grid_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) int arrays of length n*n: the pixel that contains each grid point.
 
-    Pixel (col, row) covers [col, col + 1) x [row, row + 1), so col = floor(x), clamped into
-    [0, W - 1] (likewise rows).
+    ``codec.coords.points_pixels`` of the normalized cell centres: the pixel rule the rewards,
+    the metrics and the decoders use.
     """
     w, h = _size(image_size)
-    pts = grid_points((w, h), grid_size)
-    cols = np.clip(np.floor(pts[:, 0]).astype(np.int64), 0, w - 1)
-    rows = np.clip(np.floor(pts[:, 1]).astype(np.int64), 0, h - 1)
-    return rows, cols
+    n = _grid(grid_size)
+    return points_pixels(grid_points((1, 1), n), (w, h))
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -328,7 +327,7 @@ def _check_region(method: str, params: dict) -> tuple[str, dict]:
 def load_sam(model_type: str, checkpoint, device=None):
     """``segment_anything.sam_model_registry[model_type](checkpoint=path)`` in eval mode on
     ``device`` (default: CUDA when available, else CPU), with clear errors for a bad type or path.
-    ``model_type="tiny"`` loads a checkpoint of ``getok_core.tiny_sam`` (``getok tiny-sam``)."""
+    ``model_type="tiny"`` loads a checkpoint of ``getok_core.decoders.tiny_sam`` (``getok tiny-sam``)."""
     import torch
     from segment_anything import sam_model_registry
 
@@ -341,7 +340,7 @@ def load_sam(model_type: str, checkpoint, device=None):
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_type == "tiny":
-        from .tiny_sam import load_tiny_sam
+        from ..decoders.tiny_sam import load_tiny_sam
 
         model = load_tiny_sam(path)
     else:

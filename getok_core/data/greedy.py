@@ -6,7 +6,7 @@ reaches IoU ``tau`` with M or ``max_points`` points are taken. The chosen points
 ``<seg>`` tokens of M; the achieved IoU is the upper bound a perfect mask decoder could reach.
 
 Masks are boolean (H, W) arrays in pixels of the original image (index [row, column]) or COCO
-RLE dicts (``getok_core.masks``). All arithmetic is exact and at full resolution: masks are
+RLE dicts (``getok_core.data.masks``). All arithmetic is exact and at full resolution: masks are
 stored as 8 x 8 pixel tiles, one 64-bit word per tile, only non-empty tiles kept, and every IoU is
 a ratio of exact pixel counts, so results equal the plain full-array loop bit for bit (same
 indices, same float64 IoU).

@@ -55,8 +55,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoders import MODES, DecodeGroup, DecoderCounters, ImageSource, MaskDecoder
-from .instance import Instance
+from .base import MODES, DecodeGroup, DecoderCounters, ImageSource, MaskDecoder
+from ..codec.instance import Instance
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ class SamReplica:
         cfg = config if isinstance(config, ServiceConfig) else ServiceConfig(**config)
         import torch
 
-        from .proposals import load_sam
-        from .sam_decoder import SamDecoder
+        from ..prepare.proposals import load_sam
+        from .sam import SamDecoder
 
         if cfg.torch_threads:
             torch.set_num_threads(int(cfg.torch_threads))
@@ -270,7 +270,7 @@ def _serve_classes():
 
 def __getattr__(name: str):
     """``SamService`` and ``ImageAffinityRouter`` as module attributes, built on first access
-    (Ray Serve imports the request router by its path, ``getok_core.sam_service.ImageAffinityRouter``)."""
+    (Ray Serve imports the request router by its path, ``getok_core.decoders.service.ImageAffinityRouter``)."""
     if name in ("SamService", "ImageAffinityRouter"):
         service, router = _serve_classes()
         return service if name == "SamService" else router
@@ -511,7 +511,7 @@ class RaySamDecoder(MaskDecoder):
         return self._fall_back(requests, order, missing, masks, flags)
 
     def _fall_back(self, requests, order, keys, masks, flags):
-        from .region_decoder import RegionDecoder
+        from .region import RegionDecoder
 
         with self._lock:
             if self._fallback_decoder is None:

@@ -201,7 +201,7 @@ def build_tiny_qwen2_5_vl(out_dir, seed: int = 0, *, tie_word_embeddings: bool =
     processor.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "getok_tiny_model.json").write_text(json.dumps({
-        "what": "tiny random Qwen2.5-VL built by getok_core.tiny_model (not a trained model)",
+        "what": "tiny random Qwen2.5-VL built by getok_core.models.tiny_model (not a trained model)",
         "seed": seed, "tie_word_embeddings": tie_word_embeddings, "hidden_size": hidden_size,
         "num_layers": num_layers, "vision_hidden": vision_hidden, "vision_depth": vision_depth,
     }, indent=1) + "\n")
@@ -228,7 +228,7 @@ def run(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:  # pragma: no cover - `python -m getok_core.tiny_model`
+def main(argv=None) -> int:  # pragma: no cover - `python -m getok_core.models.tiny_model`
     import argparse
 
     p = argparse.ArgumentParser(prog="getok tiny-model", description=__doc__.splitlines()[0])

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .instance import Instance
-from .vocab import GetokVocab
+from ..codec.instance import Instance
+from ..codec.vocab import GetokVocab
 
 PRED = (255, 140, 0)
 GT = (40, 200, 80)

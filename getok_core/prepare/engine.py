@@ -36,17 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import groundtruth, writers
-from .answer import format_answer
-from .greedy import PackedProposals, greedy_select, index_to_cell
-from .instance import Instance, instance_to_dict
-from .loaders import load_dataset
-from .masks import decode_rle, mask_box
-from .offsets import CATEGORIES, sample_refinement, stable_seed
+from ..data import groundtruth
+from ..data import writers
+from ..codec.answer import format_answer
+from ..data.greedy import PackedProposals, greedy_select, index_to_cell
+from ..codec.instance import Instance, instance_to_dict
+from ..data.loaders import load_dataset
+from ..data.masks import decode_rle, mask_box
+from ..data.offsets import CATEGORIES, sample_refinement, stable_seed
 from .proposals import ProposalCache, RegionProposer, SamProposer, Sam2Proposer, to_rgb
-from .records import Sample, Skipped
-from .store import RecordStore, atomic_path, read_records
-from .vocab import GetokVocab
+from ..data.records import Sample, Skipped
+from ..data.store import RecordStore, atomic_path, read_records
+from ..codec.vocab import GetokVocab
 
 FORMATS = ("swift", "easyr1", "verl")
 
@@ -76,7 +77,7 @@ class PrepareConfig:
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
     progress: bool = True
-    engine: str = "local"                # local | ray (getok_core.prepare_ray)
+    engine: str = "local"                # local | ray (getok_core.prepare.ray_engine)
     ray_address: str | None = None       # ray.init address: "auto", "host:6379"; None: Ray's default
     ray_actors: int = 1
     gpus_per_actor: float = 0.0
@@ -261,7 +262,7 @@ def prepare(cfg: PrepareConfig, log=print) -> dict | None:
     if cfg.engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {cfg.engine!r}: local or ray")
     if cfg.engine == "ray":
-        from .prepare_ray import check_ray_engine
+        from .ray_engine import check_ray_engine
 
         check_ray_engine(cfg)
     if "verl" in cfg.formats:
@@ -296,7 +297,7 @@ def prepare(cfg: PrepareConfig, log=print) -> dict | None:
         f"{sum(len(g) for g in todo)} to do ({len(skipped)} loader skips)")
     bar = _progress(len(todo), cfg.progress and sys.stderr.isatty())
     if cfg.engine == "ray":
-        from .prepare_ray import ray_records
+        from .ray_engine import ray_records
 
         for recs in ray_records(cfg, todo, log=log):
             store.write(recs)

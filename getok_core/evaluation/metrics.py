@@ -6,7 +6,7 @@ which live in the original image frame.
 
 Masks
     A mask is a boolean (H, W) array (an integer array holding only 0 / 1 is accepted too), a
-    COCO RLE dict (``getok_core.masks``; compressed counts as str or bytes, or uncompressed
+    COCO RLE dict (``getok_core.data.masks``; compressed counts as str or bytes, or uncompressed
     counts), or None. None and an all-false mask both mean "no target" (ground truth) or "empty
     prediction". When every mask of an expression is an RLE the counts come from pycocotools
     (``merge`` + ``area``), otherwise RLEs are decoded and counted with numpy: both are integer
@@ -32,8 +32,8 @@ Boxes (REC)
     IoU 1 for a None prediction, 0 for a box (the gIoU convention).
 
 Points
-    A point hits a mask when the pixel that contains it (col = floor(u W), row = floor(v H); u = 1
-    maps into the last column) is in the mask; it hits ground-truth points when within ``tol``
+    A point hits a mask when the pixel that contains it (``codec.coords.point_pixel``: col = floor(u W), row = floor(v H) to a 1e-9 px tolerance;
+    u = 1 maps into the last column) is in the mask; it hits ground-truth points when within ``tol``
     pixels (default 2% of the image diagonal) of one of them. An expression scores the share of
     its predicted points that hit (0 when it predicts none); no-target expressions score 1 when
     they predict no point, else 0. Accuracy = mean over expressions.
@@ -58,9 +58,11 @@ from numbers import Real
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .groundtruth import GroundTruthError, loads
-from .masks import decode_rle, to_coco
-from .records import TASKS
+from ..codec.coords import points_pixels
+from ..codec.geometry import box_iou, box_iou_matrix, boxes_array, point_segment_distances
+from ..data.groundtruth import GroundTruthError, loads
+from ..data.masks import decode_rle, to_coco
+from ..data.records import TASKS
 
 #: Default polyline / point tolerance, as a share of the image diagonal.
 DEFAULT_TOL_FRACTION = 0.02
@@ -230,48 +232,6 @@ def segmentation_scores(pred_masks, gt_masks, ignore_masks=None) -> dict:
 
 
 # ---------------------------------------------------------------------- boxes
-def _boxes_array(boxes, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(boxes, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: boxes must be (N, 4) arrays of (u1, v1, u2, v2)") from None
-    if arr.size == 0:
-        arr = np.zeros((0, 4))
-    if arr.ndim == 1 and arr.shape[0] == 4:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{what}: boxes must be (N, 4) arrays of (u1, v1, u2, v2), got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what}: box coordinates must be finite")
-    return arr
-
-
-def box_iou_matrix(a, b) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), as an (N, M) array.
-
-    Boxes are (u1, v1, u2, v2); a degenerate box (u2 <= u1 or v2 <= v1) has IoU 0 with anything.
-    """
-    a = _boxes_array(a, "a")
-    b = _boxes_array(b, "b")
-    a_ok = (a[:, 2] > a[:, 0]) & (a[:, 3] > a[:, 1])
-    b_ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    area_a = np.where(a_ok, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 0.0)
-    area_b = np.where(b_ok, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 0.0)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    ok = a_ok[:, None] & b_ok[None, :]
-    inter = np.where(ok, iw * ih, 0.0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(ok & (union > 0), inter / np.where(union > 0, union, 1.0), 0.0)
-    return np.clip(iou, 0.0, 1.0)
-
-
-def box_iou(a, b) -> float:
-    """IoU of two normalized boxes (u1, v1, u2, v2); 0 when either is degenerate."""
-    return float(box_iou_matrix([a], [b])[0, 0])
-
-
 def _one_box(b, what: str):
     if b is None:
         return None
@@ -378,23 +338,6 @@ def _polylines(entry, what: str) -> list[np.ndarray]:
     return out
 
 
-def point_segment_distances(points, polyline) -> np.ndarray:
-    """Distance of each point (k, 2) to the polyline (m, 2) (its segments; one vertex = a point)."""
-    p = np.asarray(points, dtype=float).reshape(-1, 2)
-    line = np.asarray(polyline, dtype=float).reshape(-1, 2)
-    if len(line) == 1:
-        line = np.vstack([line, line])
-    a, b = line[:-1], line[1:]
-    ab = b - a
-    denom = (ab * ab).sum(axis=1)
-    ap = p[:, None, :] - a[None, :, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = np.where(denom > 0, (ap * ab[None]).sum(axis=2) / np.where(denom > 0, denom, 1.0), 0.0)
-    t = np.clip(t, 0.0, 1.0)
-    closest = a[None] + t[..., None] * ab[None]
-    return np.sqrt(((p[:, None, :] - closest) ** 2).sum(axis=2)).min(axis=1)
-
-
 def _matched(vertices: list[np.ndarray], lines: list[np.ndarray], tol: float) -> int:
     if not vertices:
         return 0
@@ -494,8 +437,7 @@ def point_accuracy(pred_points, gt_masks_or_points, image_size=None, tol=None) -
                 mh, mw = m.shape
                 arr = m.as_bool()
                 inside = (pts[:, 0] >= 0) & (pts[:, 0] <= 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= 1)
-                cols = np.clip(np.floor(pts[:, 0] * mw), 0, mw - 1).astype(int)
-                rows = np.clip(np.floor(pts[:, 1] * mh), 0, mh - 1).astype(int)
+                rows, cols = points_pixels(pts, (mw, mh))
                 hits = int(np.count_nonzero(inside & arr[rows, cols]))
         else:
             gp = _points(g, f"expression {i}: ground truth")
@@ -550,7 +492,7 @@ def evaluate_predictions(records, strict: bool = False) -> dict:
 
     A record is a dict ``{"task" (default: the ground truth's), "parsed": Parsed or None,
     "pred_masks": the prediction's mask (the union of its instances' masks; a list of masks is
-    OR-ed) or None, "gt": the ground-truth object of getok_core.groundtruth (dict or JSON)}``;
+    OR-ed) or None, "gt": the ground-truth object of getok_core.data.groundtruth (dict or JSON)}``;
     ``pred_masks`` is required for "seg" records. The prediction is what the parser recovered
     (``Parsed.instances``); with ``strict=True`` an answer that is not ``valid`` counts as empty.
     An answer with no instance (parse failure, ``<none>``, None) is an empty prediction: it is

@@ -1,0 +1,7 @@
+"""``getok prepare``: annotations -> GETok training data. Settings (``config``), the per-image
+work (``worker``), mask proposals per grid point (``proposals``), the local engine and the
+outputs (``engine``), the Ray Data engine (``ray_engine``)."""
+
+from .engine import FORMATS, PrepareConfig, prepare
+
+__all__ = ["FORMATS", "PrepareConfig", "prepare"]
