@@ -19,7 +19,8 @@ Keyword arguments (``worker.reward.reward_function_kwargs``): ``decoder`` (``reg
 with its arguments (``checkpoint``, ``model_type``, ``device``, ``mode``, ... ; for ``ray``:
 ``app``, ``timeout_s``, ``fallback``; or a ``decoder_kwargs`` mapping), ``weights`` (a mapping of component
 weights), ``grid_size`` (32), ``round`` (refinement round, 1). The decoder is built once per
-process for each set of arguments. A wrong argument raises ValueError at the first call. With
+process for each set of arguments. A wrong argument (or a ``stage`` other than the function's)
+raises ValueError at the first call. With
 ``decoder: ray`` and ``fallback: region``, each row also holds ``mask_fallback``: the share of its
 masks decoded by the region fallback because the service did not answer in time.
 
@@ -30,57 +31,42 @@ EasyR1 decodes responses without them and every answer reads as empty.
 
 from __future__ import annotations
 
-from getok_core.rewards.core import (GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch,
-                                setup_from_kwargs)
+from getok_core.rewards import setup_from_kwargs
+from getok_core.rewards.frameworks import flatten, score_batch, set_once
 
 REWARD_NAME = "getok"
 REWARD_TYPE = "batch"
 
 
 def _fields(reward_inputs) -> tuple[list, list]:
+    """(responses, ground truths) of EasyR1's input dicts; an item that is not a dict (not what
+    EasyR1 sends) is scored as a broken sample rather than crashing the step."""
     responses, truths = [], []
     for item in reward_inputs:
-        if isinstance(item, dict):
-            responses.append(item.get("response", ""))
-            truths.append(item.get("ground_truth"))
-        else:  # not what EasyR1 sends; scored as a broken sample rather than crashing the step
-            responses.append("")
-            truths.append(None)
+        item = item if isinstance(item, dict) else {}
+        responses.append(item.get("response", ""))
+        truths.append(item.get("ground_truth"))
     return responses, truths
 
 
-def _rows(results, names, with_mask: bool, mask_name: str) -> list[dict]:
-    keys = [k for k in names if with_mask or k != mask_name]
-    out = []
-    for r in results:
-        row = {"overall": float(r.overall)}
-        for k in keys:
-            row[k] = float(r.components.get(k, 0.0))
-        if "mask_fallback" in r.details:  # decoder=ray with fallback=region: share of fallback masks
-            row["mask_fallback"] = float(r.details["mask_fallback"])
-        out.append(row)
-    return out
+def _reward(reward_inputs, kwargs: dict, stage: str) -> list[dict]:
+    """The function of ``stage`` fixes the stage; a ``stage`` reward kwarg may only repeat it."""
+    setup = setup_from_kwargs(set_once(kwargs, "stage", stage, f"{stage}_reward", "reward_function_kwargs"))
+    responses, truths = _fields(reward_inputs)
+    return [flatten(r, setup) for r in score_batch(setup, responses, truths)]
 
 
 def grid_reward(reward_inputs: list[dict], **kwargs) -> list[dict]:
     """Grid-stage rewards: one dict per input with ``overall``, ``format``, ``nonrepeat``,
     ``box``, ``points`` and, with a decoder, ``mask`` (all floats)."""
-    setup = setup_from_kwargs(kwargs)
-    responses, truths = _fields(reward_inputs)
-    results = score_grid_batch(responses, truths, setup.vocab, setup.decoder, setup.grid_weights)
-    return _rows(results, GRID_COMPONENTS, setup.decoder is not None, "mask")
+    return _reward(reward_inputs, kwargs, "grid")
 
 
 def refine_reward(reward_inputs: list[dict], **kwargs) -> list[dict]:
     """Refinement-stage rewards: one dict per input with ``overall``, ``format``, ``point``,
     ``box`` and, with a decoder, ``mask_gain`` (all floats). The turn-1 proposal is read from the
     ground truth's ``extra["proposal"]``."""
-    kwargs = {**kwargs, "stage": "refine"}
-    setup = setup_from_kwargs(kwargs)
-    responses, truths = _fields(reward_inputs)
-    results = score_refine_batch(responses, truths, setup.vocab, None, setup.decoder, setup.refine_weights,
-                                 round=setup.round)
-    return _rows(results, REFINE_COMPONENTS, setup.decoder is not None, "mask_gain")
+    return _reward(reward_inputs, kwargs, "refine")
 
 
 main = grid_reward

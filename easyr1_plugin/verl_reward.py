@@ -12,22 +12,25 @@ verl logs.
 ``solution_str`` is the decoded response. In a multi-turn agent loop it decodes every response
 token, the feedback turns included, so the answer read is always the last ``<answer>`` block.
 
-Stages: ``stage`` (reward kwarg, default ``grid``) or, per row, ``extra_info["getok_stage"]``.
+Stages: ``stage`` (reward kwarg, default ``grid``) or, per row, ``extra_info["getok_stage"]``
+(it wins; the stage's weights apply).
 ``refine``: the turn-1 proposal is the first ``<answer>`` block of ``solution_str`` when it holds
 two or more (the agent loop's own turn 1; the offsets are then scored on the text after it), else
 the ground truth's ``extra["proposal"]`` (stage-2 data whose prompt holds turn 1).
 
-Other reward kwargs as in ``getok_core.rewards.core.setup_from_kwargs``: ``decoder`` (``region`` /
+Other reward kwargs as in ``getok_core.rewards.setup_from_kwargs``: ``decoder`` (``region`` /
 ``sam`` / ``sam2``, with ``checkpoint``, ``device``, ... ; ``ray``: the shared SAM service of
 ``docs/sam_service.md``, with ``app``, ``timeout_s``, ``fallback``; absent = no mask component),
 ``weights``, ``grid_size``, ``round``. With ``fallback: region`` the result also holds
-``mask_fallback`` (share of the sample's masks decoded by the fallback).
+``mask_fallback`` (share of the sample's masks decoded by the fallback). The keys are a fixed set
+per stage (``getok_core.rewards.frameworks.flatten``).
 
 Special tokens: verl's ``naive`` reward manager decodes with ``skip_special_tokens=True``. If the
 GETok tokens were added to the tokenizer as special tokens (ms-swift's ``--new_special_tokens``
 does), they vanish from ``solution_str`` and every answer reads as empty. Either add them as
 normal added tokens, or use the ``GetokRewardManager`` below (the naive manager, decoding with
-the GETok tokens kept and every other special token dropped):
+the GETok tokens kept and every other special token dropped; ``KeepGetokTokens`` is
+``getok_core.models.tokens.KeepGetokTokens``):
 
     reward.reward_manager.source=importlib
     reward.reward_manager.name=GetokRewardManager
@@ -36,26 +39,14 @@ the GETok tokens kept and every other special token dropped):
 
 from __future__ import annotations
 
-import re
-
-from getok_core.codec.answer import ANSWER_CLOSE, ANSWER_OPEN
-from getok_core.rewards.core import score_grid_batch, score_refine_batch, setup_from_kwargs
+from getok_core.codec.text import as_text
+from getok_core.models.tokens import KeepGetokTokens
+from getok_core.rewards import setup_from_kwargs
+from getok_core.rewards.dialogue import split_transcript
+from getok_core.rewards.frameworks import STAGES, flatten, score_batch
 
 #: Keyword arguments verl itself may add to the call (reward-model routing); not ours.
 VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
-
-
-def _turn1_split(text: str) -> tuple[str | None, str]:
-    """(first ``<answer>`` block, the text after it) when ``text`` holds two or more answer
-    blocks (a multi-turn transcript), else (None, text)."""
-    if text.count(ANSWER_OPEN) < 2:
-        return None, text
-    a = text.find(ANSWER_OPEN)
-    b = text.find(ANSWER_CLOSE, a)
-    if b < 0:
-        return None, text
-    end = b + len(ANSWER_CLOSE)
-    return text[a:end], text[end:]
 
 
 def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, **kwargs) -> dict:
@@ -63,50 +54,12 @@ def compute_score(data_source=None, solution_str="", ground_truth=None, extra_in
 
     Never raises on a response or a ground truth (a broken ground truth scores 0 everywhere);
     raises ValueError on wrong reward kwargs (a configuration error)."""
-    setup = setup_from_kwargs(kwargs, ignore=VERL_KWARGS)
-    stage = setup.stage
-    if isinstance(extra_info, dict) and extra_info.get("getok_stage") in ("grid", "refine"):
-        stage = extra_info["getok_stage"]
-    text = solution_str if isinstance(solution_str, str) else (
-        bytes(solution_str).decode("utf-8", "replace") if isinstance(solution_str, (bytes, bytearray))
-        else ("" if solution_str is None else str(solution_str)))
-    if stage == "refine":
-        proposal, turn2 = _turn1_split(text)
-        result = score_refine_batch([turn2], [ground_truth], setup.vocab, [proposal], setup.decoder,
-                                    setup.refine_weights, round=setup.round)[0]
-    else:
-        result = score_grid_batch([text], [ground_truth], setup.vocab, setup.decoder, setup.grid_weights)[0]
-    out = {"score": float(result.overall)}
-    out.update({k: float(v) for k, v in result.components.items()})
-    if "mask_fallback" in result.details:  # decoder=ray with fallback=region
-        out["mask_fallback"] = float(result.details["mask_fallback"])
-    return out
-
-
-# ---------------------------------------------------------------------- GetokRewardManager
-_GETOK_TOKEN_RE = re.compile(r"<(?:grid\d+,\d+|OFF-?\d,-?\d|DELETE|none|/?(?:point|box|seg|line|poly|offset))>\Z")
-
-
-class KeepGetokTokens:
-    """A tokenizer proxy whose ``decode(ids, skip_special_tokens=True)`` drops every special
-    token except the GETok ones (found by name among the tokenizer's added tokens)."""
-
-    def __init__(self, tokenizer):
-        self._tok = tokenizer
-        added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
-        keep = {i for t, i in added.items() if _GETOK_TOKEN_RE.match(t)}
-        self._drop = set(getattr(tokenizer, "all_special_ids", []) or []) - keep
-
-    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs):
-        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
-        if isinstance(ids, int):
-            ids = [ids]
-        if skip_special_tokens:
-            ids = [i for i in ids if i not in self._drop]
-        return self._tok.decode(ids, skip_special_tokens=False, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tok, name)
+    kwargs = {k: v for k, v in kwargs.items() if k not in VERL_KWARGS}
+    if isinstance(extra_info, dict) and extra_info.get("getok_stage") in STAGES:
+        kwargs["stage"] = extra_info["getok_stage"]  # the row's stage wins over the reward kwarg
+    setup = setup_from_kwargs(kwargs)
+    proposal, text = split_transcript(solution_str) if setup.stage == "refine" else (None, as_text(solution_str))
+    return flatten(score_batch(setup, [text], [ground_truth], [proposal])[0], setup, overall_key="score")
 
 
 def _make_manager_class():

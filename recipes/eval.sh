@@ -13,6 +13,8 @@
 # Any merged model folder works: recipes/cold_start_swift.sh's $OUT/merged, the EasyR1 / verl / swift
 # GRPO recipes' .../merged. Masks are decoded by SAM in-process (DECODER=sam on DEVICE), as the paper
 # evaluates; DECODER=region needs no weights (a pipeline check, not the paper's numbers).
+# Rerunnable into the same OUT: each split's infer.jsonl (swift infer --result_path appends) and
+# report/ are removed before they are written again.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -79,6 +81,7 @@ for split in $SPLITS; do
   fi
   envs=(GETOK_GRID_SIZE="$GETOK_GRID_SIZE" GETOK_IMAGE_SIZE="$GETOK_IMAGE_SIZE" MAX_PIXELS="$MAX_PIXELS")
   [ "$NPROC" -gt 1 ] && envs=(NPROC_PER_NODE="$NPROC" "${envs[@]}")   # torchrun, one process per GPU
+  run rm -f "${out:?}/infer.jsonl"          # --result_path appends: a rerun would hold every answer twice
   run env "${envs[@]}" "$SWIFT" infer "${args[@]}"
 
   eval_args=(getok eval --pred "$out/infer.jsonl" --data "$PREPARED" --split "$split" --out "$out/report"
@@ -86,6 +89,7 @@ for split in $SPLITS; do
   case "$DECODER" in
     sam|sam2) eval_args+=(--sam-checkpoint "$SAM_CHECKPOINT" --sam-model "$SAM_MODEL_TYPE" --device "$DEVICE") ;;
   esac
+  run rm -rf "${out:?}/report"              # no overlay of an earlier run is kept
   run "${eval_args[@]}"
 done
 [ "$DRY_RUN" = "1" ] || echo "eval: done. Reports: $OUT/*/report/index.html"

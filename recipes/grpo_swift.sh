@@ -17,6 +17,8 @@
 #   DRY_RUN=1 bash recipes/grpo_swift.sh     # print the commands, one per line, run nothing
 #
 # Data: `getok prepare` writes swift/SPLIT_grpo.jsonl (the ground truth in `solution`).
+# Rerunnable into the same OUT: each stage first removes $OUT/STAGE (ms-swift refuses an existing
+# export folder and an existing `last` link), so a rerun trains that stage again from its start.
 #
 # Mask reward and the SAM service (MASK_DECODER=ray, the default): the ORMs run in every training
 # process and call SAM served on a local Ray cluster (`getok serve-sam`, docs/sam_service.md),
@@ -156,6 +158,9 @@ REWARD_KWARGS_JSON=$(kwargs_json)
 model=$MODEL
 read -r -a DATASETS <<< "$DATA"
 for stage in $STAGES; do
+  case "$(abspath "$model")/" in
+    "$(abspath "$OUT/$stage")"/*) echo "MODEL $model lies in $OUT/$stage, which stage $stage replaces" >&2; exit 2 ;;
+  esac
   args=(
     --rlhf_type grpo
     --custom_register_path "$REPO/swift_plugin/register.py"
@@ -186,6 +191,7 @@ for stage in $STAGES; do
     *) echo "STAGES: unknown stage $stage (grid, refine)" >&2; exit 2 ;;
   esac
   [ "$DEEPSPEED" != "none" ] && args+=(--deepspeed "$DEEPSPEED")
+  run rm -rf "${OUT:?}/$stage"
   run env NPROC_PER_NODE="$NPROC" GETOK_GRID_SIZE="$GETOK_GRID_SIZE" GETOK_IMAGE_SIZE="$GETOK_IMAGE_SIZE" \
     MAX_PIXELS="$MAX_PIXELS" GETOK_REWARD_KWARGS="$REWARD_KWARGS_JSON" "$SWIFT" rlhf "${args[@]}"
   # merge this stage's adapter: the next stage's model

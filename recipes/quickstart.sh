@@ -10,6 +10,13 @@
 #
 #   bash recipes/quickstart.sh                   # outputs in ./out/quickstart
 #   GETOK_OUT=/tmp/q STEPS=20 bash recipes/quickstart.sh
+#
+# Knobs (environment): GETOK_OUT (the output folder), STEPS (swift sft steps, default 30),
+# MAX_NEW_TOKENS (swift infer answer length, default 48), GETOK_GRID_SIZE (32), GETOK_SWIFT_VENV (an
+# environment holding ms-swift and this checkout, used as it is; default: build or reuse the pinned
+# one). Rerunnable into the same folder: the data is resumed (same bytes), the tiny model reused, and
+# every step that would append to or mix with the previous run's files (swift sft's versioned
+# output_dir, swift infer --result_path, the report's overlays) starts from an empty file or folder.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${GETOK_OUT:-$root/out/quickstart}" && cd "${GETOK_OUT:-$root/out/quickstart}" && pwd)
@@ -21,7 +28,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 USE_HF=1 TO
 export MODELSCOPE_CACHE="$out/.modelscope" GETOK_CACHE="$out/.getok-cache"
 
 source "$root/scripts/env.sh"
-venv=$(getok_env swift)
+venv=${GETOK_SWIFT_VENV:-$(getok_env swift)}
 export PATH="$venv/bin:$PATH"
 t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
@@ -50,12 +57,14 @@ grep -E "'loss'|train_runtime" "$out/sft.log" | tail -3 || true
 ckpt=$(find "$out/sft" -mindepth 2 -maxdepth 2 -type d -path "*/v*/checkpoint-*" | sort -V | tail -1)
 
 step "swift infer --adapters $ckpt (validation split)"
+rm -f "$out/infer.jsonl"          # --result_path appends: a rerun would hold every answer twice
 swift infer --adapters "$ckpt" --val_dataset "$out/data/swift/val.jsonl" --max_new_tokens "$new_tokens" \
   --temperature 0 --max_batch_size 8 --result_path "$out/infer.jsonl" > "$out/infer.log" 2>&1 \
   || { tail -40 "$out/infer.log"; exit 1; }
 echo "$(wc -l < "$out/infer.jsonl") answers in $out/infer.jsonl; first: $(head -c 300 "$out/infer.jsonl")"
 
 step "getok eval (region decoder)"
+rm -rf "$out/report"              # no overlay of an earlier run is kept
 getok eval --pred "$out/infer.jsonl" --data "$out/data" --split val --out "$out/report" --decoder region
 
 echo

@@ -12,6 +12,8 @@
 #   getok prepare --dataset refcoco --root data/refer --split train --out data/refcoco_train \
 #       --proposals sam --sam-checkpoint sam_vit_h.pth --device cuda:0
 # (or use DATA=getok-sample to try the pipeline on the bundled sample, prepared on first use).
+# Rerunnable into the same OUT: ms-swift writes each run into a new $OUT/vN-TIMESTAMP folder, and
+# recipes/cold_start_swift.sh takes the newest checkpoint.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 from swift.rollout import MultiTurnScheduler, multi_turns
 from swift.template.utils import get_token_backed_response_ids
 
-from getok_core.rewards.dialogue import RefineState, advance, clean_answer, refine_message, start_refinement
 from getok_core.codec.vocab import GetokVocab
+from getok_core.rewards.dialogue import RefineState, clean_answer, dialogue_over, refine_message, replay
+from getok_core.rewards.frameworks import message_text
 from swift_plugin.getok_tokens import vocab_from_env
 
 NAME = "getok_refine"
@@ -30,35 +31,25 @@ NAME = "getok_refine"
 TURNS_KEY = "getok_turns"
 
 
-def _text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
 def model_turns(messages, n: int, decode=None) -> list[str]:
     """The texts of the last ``n`` assistant messages (the model's turns), oldest first; a turn held
-    as token ids is decoded with ``decode(ids)``. Trailing end-of-turn specials are removed
-    (``refine.clean_answer``): ms-swift shows the scheduler its token-backed history decoded with
-    the special tokens, ``<|im_end|>`` included."""
+    as token ids is decoded with ``decode(ids)`` (without ``decode``: ""). Trailing end-of-turn
+    specials are removed (``dialogue.clean_answer``): ms-swift shows the scheduler its token-backed
+    history decoded with the special tokens, ``<|im_end|>`` included."""
     contents = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
     texts = []
     for content in contents[-n:] if n > 0 else []:
         ids = get_token_backed_response_ids(content)
-        texts.append(clean_answer(decode(ids) if ids is not None and decode is not None else _text(content)))
+        if ids is not None:
+            texts.append(clean_answer(decode(ids) if decode is not None else ""))
+        else:
+            texts.append(clean_answer(message_text(content) or ""))
     return texts
 
 
 def dialogue_state(turns, vocab: GetokVocab | None = None) -> RefineState:
-    """The refinement state after the model's ``turns`` (turn-1 answer, then one offset answer per
-    round)."""
-    turns = list(turns) or [""]
-    state = start_refinement(turns[0], vocab)
-    for offsets in turns[1:]:
-        state = advance(state, offsets, vocab)
-    return state
+    """The refinement state after the model's ``turns`` (``getok_core.rewards.dialogue.replay``)."""
+    return replay(turns, vocab)
 
 
 def turn_limit(max_turns: int | None, vocab: GetokVocab) -> int:
@@ -67,8 +58,10 @@ def turn_limit(max_turns: int | None, vocab: GetokVocab) -> int:
 
 
 def finished(state: RefineState, turn: int, limit: int, finish_reason=None) -> bool:
-    """Whether the dialogue ends after model turn ``turn`` (1-based)."""
-    return bool(state.stop_reason) or turn >= limit or (turn > 1 and finish_reason == "length")
+    """Whether the dialogue ends after model turn ``turn`` (1-based): ``dialogue.dialogue_over``,
+    a turn counting as cut when it is an offset turn (``turn`` > 1) that hit the length limit (a
+    turn 1 cut inside its answer is ``truncated`` already)."""
+    return dialogue_over(state, turn, limit, cut=turn > 1 and finish_reason == "length")
 
 
 class GetokRefineScheduler(MultiTurnScheduler):

@@ -34,19 +34,23 @@ is the last assistant message before it in ``messages`` (the row's turn 1), else
 Refinement dialogue (``--multi_turn_scheduler getok_refine``, ``swift_plugin/getok_multiturn.py``):
 the scheduler records the model's turns in ``rollout_infos["getok_turns"]`` (ms-swift keeps the
 earlier ones in ``messages`` as token ids only); the completion is the last turn. Every GETok ORM
-then scores the dialogue with ``getok_core.rewards.dialogue.score_dialogues`` (turns chosen by
-``refine.stage_turns``): the refinement ORMs the last offset round, relative to the geometry after
+then scores the dialogue (``getok_core.rewards.frameworks.score_batch``: ``score_dialogues`` of the
+turns ``stage_turns`` picks): the refinement ORMs the last offset round, relative to the geometry after
 the rounds before it; a dialogue that ended after turn 1 (turn 1 not refinable) gets the
 degenerate-turn-1 verdict, in refinement components like the rest of its group. The grid ORMs score
 turn 1 (so ``getok_grid`` + ``getok_refine`` reward both turns of the dialogue).
 
-Configuration (decoder, weights, grid size, refinement round): the environment variable
+Configuration (decoder, weights, refinement round): the environment variable
 ``GETOK_REWARD_KWARGS`` holding a JSON object with the keys of
-``getok_core.rewards.core.setup_from_kwargs`` (e.g. ``{"decoder": "sam", "checkpoint":
+``getok_core.rewards.setup_from_kwargs`` (e.g. ``{"decoder": "sam", "checkpoint":
 "/ckpt/sam_vit_b.pth", "model_type": "vit_b", "device": "cuda"}``), or ``configure(**kwargs)``
 from a plugin file (it wins over the environment). No decoder: ``getok_mask`` and
 ``getok_refine_mask_gain`` refuse to start, and the ``overall`` ORMs leave the mask component
 out.
+
+Grid size: one source, ``GETOK_GRID_SIZE`` (default 32), the value the tokens, the template and the
+scheduler use. The reward arguments need no ``grid_size``; one they hold must equal it, else the
+ORMs (and ``configure``) raise ValueError naming both values.
 """
 
 from __future__ import annotations
@@ -58,9 +62,12 @@ from collections import OrderedDict
 
 from swift.rewards import ORM, orms
 
-from getok_core.rewards.dialogue import score_dialogues, stage_turns
-from getok_core.rewards.core import score_grid_batch, score_refine_batch, setup_from_kwargs
+from getok_core.codec.text import as_text
+from getok_core.rewards import setup_from_kwargs
+from getok_core.rewards.frameworks import (MASK_COMPONENT, column, component_value, kwargs_from_json,
+                                           previous_assistant, recorded_dialogues, score_batch, set_once)
 from swift_plugin.getok_multiturn import TURNS_KEY
+from swift_plugin.getok_tokens import ENV_GRID_SIZE, vocab_from_env
 
 #: Dataset columns read for the ground truth, in order.
 GT_COLUMNS = ("solution", "ground_truth")
@@ -72,103 +79,30 @@ _MEMO_SIZE = 4
 _lock = threading.Lock()
 
 
+def _with_run_grid_size(kwargs: dict, source: str) -> dict:
+    """``kwargs`` with the run's grid size (``GETOK_GRID_SIZE``); ValueError if they disagree."""
+    where = ENV_GRID_SIZE if os.environ.get(ENV_GRID_SIZE, "").strip() else f"{ENV_GRID_SIZE} (unset, default)"
+    return set_once(kwargs, "grid_size", vocab_from_env().grid_size, where, source)
+
+
 def configure(**kwargs) -> None:
     """Set the reward arguments (``setup_from_kwargs`` keys) for every GETok ORM of this process;
-    checked now (a wrong key raises ValueError). ``configure()`` with no argument returns to the
-    environment variable."""
+    checked now (a wrong key, or a ``grid_size`` other than ``GETOK_GRID_SIZE``'s, raises
+    ValueError). ``configure()`` with no argument returns to the environment variable."""
     global _configured
     if kwargs:
-        setup_from_kwargs(kwargs)
+        setup_from_kwargs(_with_run_grid_size(kwargs, "configure()"))
     with _lock:
         _configured = dict(kwargs) if kwargs else None
         _memo.clear()
 
 
 def reward_kwargs() -> dict:
-    """The reward arguments in force: ``configure``'s, else ``GETOK_REWARD_KWARGS``, else {}."""
+    """The reward arguments in force: ``configure``'s, else ``GETOK_REWARD_KWARGS``, else {}; with
+    ``grid_size`` = ``GETOK_GRID_SIZE``'s value (ValueError naming both when they hold another)."""
     if _configured is not None:
-        return dict(_configured)
-    raw = os.environ.get(ENV_KWARGS, "").strip()
-    if not raw:
-        return {}
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError(f"{ENV_KWARGS} must hold a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _column(kwargs: dict, n: int) -> list:
-    for name in GT_COLUMNS:
-        value = kwargs.get(name)
-        if value is not None:
-            values = list(value)
-            if len(values) == n:
-                return values
-    return [None] * n
-
-
-def _content(message) -> str | None:
-    if not isinstance(message, dict):
-        return None
-    c = message.get("content")
-    if isinstance(c, str):
-        return c
-    if isinstance(c, list):  # content parts: keep the text ones
-        return "".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text") or None
-    return None
-
-
-def _proposals(kwargs: dict, n: int) -> list:
-    """The last assistant message before the completion of each sample (None if none)."""
-    messages = kwargs.get("messages")
-    out: list = [None] * n
-    if messages is None:
-        return out
-    for k, msgs in enumerate(list(messages)[:n]):
-        if not isinstance(msgs, (list, tuple)) or len(msgs) < 2:
-            continue
-        for m in reversed(msgs[:-1]):
-            if isinstance(m, dict) and m.get("role") == "assistant":
-                out[k] = _content(m)
-                break
-    return out
-
-
-def _dialogues(kwargs: dict, completions: list) -> list:
-    """The model's turns of each sample's refinement dialogue (the ``getok_refine`` scheduler's
-    ``rollout_infos[TURNS_KEY]``, the last turn being the completion), else None (single turn)."""
-    infos = kwargs.get("rollout_infos")
-    out: list = [None] * len(completions)
-    if infos is None:
-        return out
-    for k, info in enumerate(list(infos)[:len(completions)]):
-        turns = info.get(TURNS_KEY) if isinstance(info, dict) else None
-        if isinstance(turns, (list, tuple)) and turns:
-            out[k] = [t if isinstance(t, str) else "" for t in turns[:-1]] + [completions[k]]
-    return out
-
-
-def _score_batch(stage: str, completions: list, gts: list, props: list, dialogues: list, setup) -> list:
-    """``score_dialogues`` for the samples with a dialogue (``refine.stage_turns``: the grid stage
-    scores turn 1, the refinement stage the last round), the single-turn scorer for the others."""
-    out: list = [None] * len(completions)
-    multi = [k for k, d in enumerate(dialogues) if d is not None]
-    single = [k for k, d in enumerate(dialogues) if d is None]
-    if single:
-        c, g = [completions[k] for k in single], [gts[k] for k in single]
-        if stage == "refine":
-            res = score_refine_batch(c, g, setup.vocab, [props[k] for k in single], setup.decoder,
-                                     setup.refine_weights, round=setup.round)
-        else:
-            res = score_grid_batch(c, g, setup.vocab, setup.decoder, setup.grid_weights)
-        for k, r in zip(single, res):
-            out[k] = r
-    if multi:
-        res = score_dialogues([stage_turns(dialogues[k], stage) for k in multi], [gts[k] for k in multi],
-                              setup.vocab, setup.decoder, setup.grid_weights, setup.refine_weights)
-        for k, r in zip(multi, res):
-            out[k] = r
-    return out
+        return _with_run_grid_size(_configured, "configure()")
+    return _with_run_grid_size(kwargs_from_json(os.environ.get(ENV_KWARGS), ENV_KWARGS), ENV_KWARGS)
 
 
 def _key(values) -> tuple:
@@ -178,13 +112,15 @@ def _key(values) -> tuple:
 
 def score(stage: str, completions, kwargs: dict):
     """``RewardResult`` of each completion for ``stage`` (``grid`` / ``refine``), memoized per
-    batch so that several GETok ORMs share one scoring."""
-    completions = ["" if c is None else c for c in completions]
+    batch so that several GETok ORMs share one scoring. Ground truth: ``GT_COLUMNS``; dialogue:
+    ``rollout_infos[TURNS_KEY]``; single-turn refinement proposal: the last assistant message
+    before the completion in ``messages``."""
+    completions = [as_text(c) for c in completions]
     n = len(completions)
     rk = reward_kwargs()
-    gts = _column(kwargs, n)
-    props = _proposals(kwargs, n) if stage == "refine" else [None] * n
-    dialogues = _dialogues(kwargs, completions)
+    gts = column(kwargs, GT_COLUMNS, n)
+    props = previous_assistant(kwargs.get("messages"), n) if stage == "refine" else [None] * n
+    dialogues = recorded_dialogues(kwargs.get("rollout_infos"), completions, TURNS_KEY)
     key = (stage, json.dumps(rk, sort_keys=True, default=repr), _key(completions), _key(gts), _key(props),
            _key(dialogues))
     with _lock:
@@ -192,8 +128,7 @@ def score(stage: str, completions, kwargs: dict):
         if hit is not None:
             _memo.move_to_end(key)
             return hit
-    setup = setup_from_kwargs({**rk, "stage": stage})
-    results = _score_batch(stage, completions, gts, props, dialogues, setup)
+    results = score_batch(setup_from_kwargs({**rk, "stage": stage}), completions, gts, props, dialogues)
     with _lock:
         _memo[key] = results
         while len(_memo) > _MEMO_SIZE:
@@ -201,86 +136,48 @@ def score(stage: str, completions, kwargs: dict):
     return results
 
 
-class _GetokORM(ORM):
+class GetokORM(ORM):
+    """The base of the GETok ORMs: ``stage``'s ``component`` (None: ``overall``) per completion.
+    A mask component refuses to start without a mask decoder."""
+
     stage = "grid"
-    component: str | None = None  # None: overall
-    needs_decoder = False
+    component: str | None = None
 
     def __init__(self, args=None, **kwargs):
         super().__init__(args, **kwargs)
         setup = setup_from_kwargs({**reward_kwargs(), "stage": self.stage})
-        if self.needs_decoder and setup.decoder is None:
+        if self.component == MASK_COMPONENT[self.stage] and setup.decoder is None:
             raise ValueError(f"{type(self).__name__} scores the mask component, which needs a mask decoder: "
                              f"set {ENV_KWARGS}='{{\"decoder\": \"region\"}}' (or sam with its checkpoint)")
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        results = score(self.stage, completions, kwargs)
-        if self.component is None:
-            return [float(r.overall) for r in results]
-        return [float(r.components.get(self.component, 0.0)) for r in results]
+        return [component_value(r, self.component) for r in score(self.stage, completions, kwargs)]
 
 
-class GetokGrid(_GetokORM):
-    """Grid stage ``overall``."""
+#: ``--reward_funcs`` name -> (class name: ms-swift logs ``rewards/<class name>/mean``, stage, component).
+_TABLE = (
+    ("getok_grid", "GetokGrid", "grid", None),
+    ("getok_format", "GetokFormat", "grid", "format"),
+    ("getok_nonrepeat", "GetokNonrepeat", "grid", "nonrepeat"),
+    ("getok_box", "GetokBox", "grid", "box"),
+    ("getok_mask", "GetokMask", "grid", "mask"),
+    ("getok_points", "GetokPoints", "grid", "points"),
+    ("getok_refine", "GetokRefine", "refine", None),
+    ("getok_refine_format", "GetokRefineFormat", "refine", "format"),
+    ("getok_refine_point", "GetokRefinePoint", "refine", "point"),
+    ("getok_refine_box", "GetokRefineBox", "refine", "box"),
+    ("getok_refine_mask_gain", "GetokRefineMaskGain", "refine", "mask_gain"),
+)
 
 
-class GetokFormat(_GetokORM):
-    component = "format"
+def _orm_class(class_name: str, stage: str, component: str | None) -> type:
+    doc = f"{stage.capitalize()} stage ``{component or 'overall'}`` (``GetokORM``)."
+    return type(class_name, (GetokORM,), {"stage": stage, "component": component, "__doc__": doc,
+                                          "__module__": __name__, "__qualname__": class_name})
 
 
-class GetokNonrepeat(_GetokORM):
-    component = "nonrepeat"
-
-
-class GetokBox(_GetokORM):
-    component = "box"
-
-
-class GetokMask(_GetokORM):
-    component = "mask"
-    needs_decoder = True
-
-
-class GetokPoints(_GetokORM):
-    component = "points"
-
-
-class GetokRefine(_GetokORM):
-    """Refinement stage ``overall``."""
-
-    stage = "refine"
-
-
-class GetokRefineFormat(GetokRefine):
-    component = "format"
-
-
-class GetokRefinePoint(GetokRefine):
-    component = "point"
-
-
-class GetokRefineBox(GetokRefine):
-    component = "box"
-
-
-class GetokRefineMaskGain(GetokRefine):
-    component = "mask_gain"
-    needs_decoder = True
-
-
-ORMS = {
-    "getok_grid": GetokGrid,
-    "getok_format": GetokFormat,
-    "getok_nonrepeat": GetokNonrepeat,
-    "getok_box": GetokBox,
-    "getok_mask": GetokMask,
-    "getok_points": GetokPoints,
-    "getok_refine": GetokRefine,
-    "getok_refine_format": GetokRefineFormat,
-    "getok_refine_point": GetokRefinePoint,
-    "getok_refine_box": GetokRefineBox,
-    "getok_refine_mask_gain": GetokRefineMaskGain,
-}
+ORMS = {name: _orm_class(cls, stage, comp) for name, cls, stage, comp in _TABLE}
+globals().update({c.__name__: c for c in ORMS.values()})  # importable (and picklable) by class name
 
 
 def register() -> list[str]:
@@ -289,5 +186,5 @@ def register() -> list[str]:
     return list(ORMS)
 
 
-__all__ = ["ORMS", "register", "configure", "reward_kwargs", "score", "GT_COLUMNS", "ENV_KWARGS", *(
-    c.__name__ for c in ORMS.values())]
+__all__ = ["ORMS", "GetokORM", "register", "configure", "reward_kwargs", "score", "GT_COLUMNS", "ENV_KWARGS",
+           *(c.__name__ for c in ORMS.values())]

@@ -210,31 +210,77 @@ def parse_answer(text, vocab: GetokVocab) -> Parsed:
 def _parse_answer(text: str, vocab: GetokVocab) -> Parsed:
     errors = _Errors()
     region, found = _answer_region(text, errors)
-    out = Parsed(found_answer=found)
-    current: dict[str, object] = {}
-    last_rank = -1
-    open_kind: str | None = None
-    open_cells: list = []
-    open_ok = True
-    saw_none = False
+    parser = _GridParser(vocab, errors, Parsed(found_answer=found))
+    for kind, value, raw in _tokens(region):
+        parser.feed(kind, value, raw)
+    return parser.finish()
 
-    def flush():
-        nonlocal current, last_rank
-        if current:
-            cells = InstanceCells(
-                box=current.get("box"), points=current.get("seg", ()), polyline=current.get("line"),
-                polygon=current.get("poly"), point=current.get("point"))
-            out.cells.append(cells)
-            out.instances.append(decode_instance(cells, vocab))
-        current, last_rank = {}, -1
 
-    def close_element():
-        nonlocal open_kind, open_cells, open_ok
-        kind, cells = open_kind, open_cells
-        open_kind, open_cells = None, []
+class _GridParser:
+    """The state of one linear scan over a grid answer's tokens: the instance being built (its
+    elements by kind and the rank of the last one), the element open now (kind, cells, whether
+    it is still well formed) and whether ``<none>`` was seen."""
+
+    def __init__(self, vocab: GetokVocab, errors: "_Errors", out: Parsed):
+        self.vocab, self.errors, self.out = vocab, errors, out
+        self.current: dict[str, object] = {}
+        self.last_rank = -1
+        self.open_kind: str | None = None
+        self.open_cells: list = []
+        self.open_ok = True
+        self.saw_none = False
+
+    def feed(self, kind: str, value, raw: str) -> None:
+        """One token of ``_tokens``."""
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:  # an unknown tag: prose outside elements, an error inside one
+            self._spoil(f"unknown tag {_short(raw)} inside <{self.open_kind}>",
+                        else_stray=raw[:200])
+        else:
+            handler(value, raw)
+
+    def finish(self) -> Parsed:
+        out, errors = self.out, self.errors
+        if self.open_kind is not None:
+            errors.append(f"unclosed <{self.open_kind}>")
+            self.open_ok = False
+            self._close_element()
+        self._flush()
+        if self.saw_none and out.instances:
+            errors.append(f"<none> together with {len(out.instances)} instance(s)")
+        out.no_target = not out.instances and (self.saw_none or (out.found_answer and not errors))
+        if not out.found_answer and not out.instances and not self.saw_none and not errors:
+            errors.append("no answer: no <answer> block and no GETok element")
+        out.errors = errors.final()
+        out.valid = not out.errors
+        return out
+
+    # ------------------------------------------------------------------ state changes
+    def _spoil(self, message: str, else_stray: str | None = None) -> None:
+        """Inside an element: report ``message`` and mark the element malformed. Outside one:
+        keep ``else_stray`` as stray text (when given)."""
+        if self.open_kind is not None:
+            self.errors.append(message)
+            self.open_ok = False
+        elif else_stray is not None:
+            self.out.stray_text.append(else_stray)
+
+    def _flush(self) -> None:
+        if self.current:
+            c = self.current
+            cells = InstanceCells(box=c.get("box"), points=c.get("seg", ()), polyline=c.get("line"),
+                                  polygon=c.get("poly"), point=c.get("point"))
+            self.out.cells.append(cells)
+            self.out.instances.append(decode_instance(cells, self.vocab))
+        self.current, self.last_rank = {}, -1
+
+    def _close_element(self) -> None:
+        kind, cells = self.open_kind, self.open_cells
+        self.open_kind, self.open_cells = None, []
         lo, hi = _MIN_CELLS[kind]
-        if not open_ok:
+        if not self.open_ok:
             return
+        errors, current = self.errors, self.current
         if len(cells) < lo or (hi is not None and len(cells) > hi):
             want = f"exactly {lo}" if lo == hi else f"at least {lo}"
             errors.append(f"<{kind}> has {len(cells)} grid token(s), needs {want}")
@@ -256,77 +302,59 @@ def _parse_answer(text: str, vocab: GetokVocab) -> Parsed:
         else:
             current[kind] = tuple(cells)
 
-    for kind, value, raw in _tokens(region):
-        if kind == "text":
-            if open_kind is not None:
-                if value.strip():
-                    errors.append(f"text inside <{open_kind}>: {_short(value)}")
-                    open_ok = False
-            else:
-                if value.strip():
-                    out.stray_text.append(value.strip()[:200])
-                if "\n" in value:
-                    flush()
-        elif kind == "open":
-            if open_kind is not None:
-                errors.append(f"<{value}> inside unclosed <{open_kind}>")
-                open_ok = False
-                close_element()
-            if value == "offset":
-                errors.append("<offset> in a grid answer")
-                continue
-            rank = _RANK[value]
-            if value in current or rank < last_rank:
-                flush()
-            open_kind, open_cells, open_ok = value, [], True
-            last_rank = rank
-        elif kind == "close":
-            if open_kind == value:
-                close_element()
-            elif open_kind is not None:
-                errors.append(f"</{value}> closes <{open_kind}>")
-                open_ok = False
-                close_element()
-            else:
-                errors.append(f"</{value}> without an opening tag")
-        elif kind == "grid":
-            x, y = value
-            if open_kind is None:
-                errors.append(f"grid token {raw} outside an element")
-            elif not (0 <= x < vocab.grid_size and 0 <= y < vocab.grid_size):
-                errors.append(f"grid token {raw} outside the {vocab.grid_size}x{vocab.grid_size} grid")
-                open_ok = False
-            else:
-                open_cells.append((x, y))
-        elif kind in ("OFF", "delete"):
-            errors.append(f"offset token {raw} in a grid answer")
-            if open_kind is not None:
-                open_ok = False
-        elif kind == "none":
-            saw_none = True
-            if open_kind is not None:
-                errors.append(f"<none> inside <{open_kind}>")
-                open_ok = False
-        else:  # an unknown tag: prose outside elements, an error inside one
-            if open_kind is not None:
-                errors.append(f"unknown tag {_short(raw)} inside <{open_kind}>")
-                open_ok = False
-            else:
-                out.stray_text.append(raw[:200])
-    if open_kind is not None:
-        errors.append(f"unclosed <{open_kind}>")
-        open_ok = False
-        close_element()
-    flush()
+    # ------------------------------------------------------------------ one handler per token kind
+    def _on_text(self, value: str, raw: str) -> None:
+        if self.open_kind is not None:
+            if value.strip():
+                self._spoil(f"text inside <{self.open_kind}>: {_short(value)}")
+            return
+        if value.strip():
+            self.out.stray_text.append(value.strip()[:200])
+        if "\n" in value:
+            self._flush()
 
-    if saw_none and out.instances:
-        errors.append(f"<none> together with {len(out.instances)} instance(s)")
-    out.no_target = not out.instances and (saw_none or (found and not errors))
-    if not found and not out.instances and not saw_none and not errors:
-        errors.append("no answer: no <answer> block and no GETok element")
-    out.errors = errors.final()
-    out.valid = not out.errors
-    return out
+    def _on_open(self, value: str, raw: str) -> None:
+        if self.open_kind is not None:
+            self._spoil(f"<{value}> inside unclosed <{self.open_kind}>")
+            self._close_element()
+        if value == "offset":
+            self.errors.append("<offset> in a grid answer")
+            return
+        rank = _RANK[value]
+        if value in self.current or rank < self.last_rank:
+            self._flush()
+        self.open_kind, self.open_cells, self.open_ok = value, [], True
+        self.last_rank = rank
+
+    def _on_close(self, value: str, raw: str) -> None:
+        if self.open_kind == value:
+            self._close_element()
+        elif self.open_kind is not None:
+            self._spoil(f"</{value}> closes <{self.open_kind}>")
+            self._close_element()
+        else:
+            self.errors.append(f"</{value}> without an opening tag")
+
+    def _on_grid(self, value, raw: str) -> None:
+        x, y = value
+        n = self.vocab.grid_size
+        if self.open_kind is None:
+            self.errors.append(f"grid token {raw} outside an element")
+        elif not (0 <= x < n and 0 <= y < n):
+            self._spoil(f"grid token {raw} outside the {n}x{n} grid")
+        else:
+            self.open_cells.append((x, y))
+
+    def _on_OFF(self, value, raw: str) -> None:
+        self.errors.append(f"offset token {raw} in a grid answer")
+        if self.open_kind is not None:
+            self.open_ok = False
+
+    _on_delete = _on_OFF
+
+    def _on_none(self, value, raw: str) -> None:
+        self.saw_none = True
+        self._spoil(f"<none> inside <{self.open_kind}>")
 
 
 # ---------------------------------------------------------------------- refinement answers

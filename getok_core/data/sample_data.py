@@ -193,8 +193,9 @@ def _nearest_pixel(mask: np.ndarray, cx: float, cy: float) -> tuple[float, float
 
 # ---------------------------------------------------------------------- the dataset
 def _shape_images(rng, out_dir: str):
-    from pycocotools import mask as mask_utils
-
+    """The shape images and their COCO images / annotations, RefCOCO and gRefCOCO refs and point
+    rows. The draws from ``rng`` happen in one fixed order (objects, dots, absent object), so a
+    seed gives the same bytes."""
     images, anns, refs, grefs, points = [], [], [], [], []
     sent_id = [0]
     for i in range(N_SHAPE_IMAGES):
@@ -204,100 +205,127 @@ def _shape_images(rng, out_dir: str):
         image_id = i + 1
         fname = f"getok_sample_{i:03d}.png"
         images.append({"id": image_id, "file_name": fname, "width": w, "height": h})
-        k = int(rng.integers(2, 5))
-        cells = [int(c) for c in rng.permutation(6)]
-        cw, ch = w / 3, h / 2
-        objs = []
-        used = set()
-        for j in range(k):
-            kind = SHAPE_ORDER[(i + j * 3) % len(SHAPE_ORDER)] if j < 2 else str(rng.choice(SHAPE_ORDER))
-            color = str(rng.choice(sorted(COLORS)))
-            if j == 1 and i % 3 == 0:
-                color = objs[0]["color"]  # a same-colour pair: multi-target expressions
-            while (color, kind) in used:
-                color = str(rng.choice(sorted(COLORS)))
-            used.add((color, kind))
-            cell = cells[j]
-            s = min(cw, ch) * rng.uniform(0.6, 0.85)
-            cx = (cell % 3 + 0.5) * cw + rng.uniform(-1, 1) * (min(cw, ch) - s) / 2 * 0.8
-            cy = (cell // 3 + 0.5) * ch + rng.uniform(-1, 1) * (min(cw, ch) - s) / 2 * 0.8
-            mask, poly = _shape_geometry(kind, cx, cy, s, rng, w, h)
-            _paint(img, mask, COLORS[color], rng)
-            objs.append({"kind": kind, "color": color, "cx": cx, "cy": cy, "mask": mask, "poly": poly})
-        for obj in objs:
-            ann_id = len(anns) + 1
-            rle = _rle(obj["mask"])
-            coco_rle = dict(rle, counts=rle["counts"].encode("ascii"))
-            seg = [obj["poly"]] if obj["poly"] is not None else rle
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": SHAPES[obj["kind"]][0],
-                         "segmentation": seg, "area": int(mask_utils.area(coco_rle)),
-                         "bbox": [float(t) for t in mask_utils.toBbox(coco_rle)], "iscrowd": 0})
-            obj["ann_id"] = ann_id
-        if i % 4 == 1:  # a crowd of dots, annotated with an uncompressed RLE (left out by loaders)
-            dots = np.zeros((h, w), bool)
-            cell = cells[k]
-            x0, y0 = int((cell % 3) * cw) + 4, int((cell // 3) * ch) + 4
-            for _ in range(6):
-                x = x0 + int(rng.integers(0, max(1, int(cw) - 11)))
-                y = y0 + int(rng.integers(0, max(1, int(ch) - 11)))
-                dots[y:y + 3, x:x + 3] = True
-            _paint(img, dots, (30, 30, 30), rng)
-            coco_rle = mask_utils.frPyObjects({"size": [h, w], "counts": _uncompressed_counts(dots)}, h, w)
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": DOTS_CATEGORY,
-                         "segmentation": {"size": [h, w], "counts": _uncompressed_counts(dots)},
-                         "area": int(mask_utils.area(coco_rle)),
-                         "bbox": [float(t) for t in mask_utils.toBbox(coco_rle)], "iscrowd": 1})
+        objs, used, free_cell = _draw_objects(rng, i, img)
+        _annotate(rng, i, image_id, img, objs, free_cell, anns)
         _save_png(img, os.path.join(out_dir, IMAGE_DIR, fname))
-
-        # RefCOCO refs: one per object
-        for obj in objs:
-            name = SHAPES[obj["kind"]][1]
-            texts = [f"the {obj['color']} {name}", f"{obj['color']} {name} {_hpos(obj['cx'], w)}"]
-            if sum(o["kind"] == obj["kind"] for o in objs) == 1:
-                texts.append(f"the {name} {_vpos(obj['cy'], h)}")
-            sents, ids = _sentences(texts, sent_id)
-            refs.append({"sent_ids": ids, "file_name": f"getok_sample_{i:03d}_{obj['ann_id']}.png",
-                         "ann_id": obj["ann_id"], "ref_id": len(refs) + 1, "image_id": image_id,
-                         "split": split, "sentences": sents, "category_id": SHAPES[obj["kind"]][0]})
-            px, py = _nearest_pixel(obj["mask"], obj["cx"], obj["cy"])
-            points.append({"image": f"{IMAGE_DIR}/{fname}", "size": [w, h], "label": texts[0],
-                           "points": [{"x": px, "y": py}], "count": 1, "collection_method": "pointing",
-                           "split": split})
-
-        # gRefCOCO refs: every colour / shape shared by 2+ objects, and one absent object
-        groups = []
-        for color in sorted({o["color"] for o in objs}):
-            members = [o for o in objs if o["color"] == color]
-            if len(members) > 1:
-                groups.append((members, [f"all the {color} shapes", f"every {color} object"],
-                               f"{color} shapes"))
-        for kind in sorted({o["kind"] for o in objs}):
-            members = [o for o in objs if o["kind"] == kind]
-            if len(members) > 1:
-                plural = SHAPES[kind][2]
-                groups.append((members, [f"all the {plural}", f"both {plural}" if len(members) == 2
-                                         else f"the {len(members)} {plural}"], plural))
-        for members, texts, label in groups:
-            sents, ids = _sentences(texts, sent_id)
-            grefs.append({"sent_ids": ids, "ann_id": [o["ann_id"] for o in members], "ref_id": len(grefs) + 1,
-                          "image_id": image_id, "split": split, "sentences": sents, "no_target": False,
-                          "category_id": [SHAPES[o["kind"]][0] for o in members]})
-            pts = []
-            for o in members:
-                px, py = _nearest_pixel(o["mask"], o["cx"], o["cy"])
-                pts.append({"x": px, "y": py})
-            points.append({"image": f"{IMAGE_DIR}/{fname}", "size": [w, h], "label": label, "points": pts,
-                           "count": len(pts), "collection_method": "counting", "split": split})
-        absent = [(c, kd) for c in sorted(COLORS) for kd in SHAPE_ORDER if (c, kd) not in used]
-        color, kind = absent[int(rng.integers(0, len(absent)))]
-        name = SHAPES[kind][1]
-        sents, ids = _sentences([f"the {color} {name}", f"{color} {name} {_hpos(w / 2, w)}"], sent_id)
-        grefs.append({"sent_ids": ids, "ann_id": [-1], "ref_id": len(grefs) + 1, "image_id": image_id,
-                      "split": split, "sentences": sents, "no_target": True, "category_id": [-1]})
-        if i % 5 == 0:
-            points.append({"image": f"{IMAGE_DIR}/{fname}", "size": [w, h], "label": f"the {color} {name}",
-                           "points": [], "count": 0, "collection_method": "pointing", "split": split})
+        image = {"id": image_id, "file": fname, "split": split, "size": (w, h)}
+        _refcoco_refs(image, objs, sent_id, refs, points)
+        _grefcoco_refs(rng, i, image, objs, used, sent_id, grefs, points)
     return images, anns, refs, grefs, points
+
+
+def _draw_objects(rng, i: int, img: np.ndarray):
+    """Paint 2-4 shapes on ``img``, one per cell of a 3 x 2 layout. Returns the objects (kind,
+    colour, centre in px, mask, polygon), the (colour, kind) pairs used, and a free layout cell."""
+    h, w = img.shape[:2]
+    k = int(rng.integers(2, 5))
+    cells = [int(c) for c in rng.permutation(6)]
+    cw, ch = w / 3, h / 2
+    objs: list[dict] = []
+    used: set = set()
+    for j in range(k):
+        kind = SHAPE_ORDER[(i + j * 3) % len(SHAPE_ORDER)] if j < 2 else str(rng.choice(SHAPE_ORDER))
+        color = str(rng.choice(sorted(COLORS)))
+        if j == 1 and i % 3 == 0:
+            color = objs[0]["color"]  # a same-colour pair: multi-target expressions
+        while (color, kind) in used:
+            color = str(rng.choice(sorted(COLORS)))
+        used.add((color, kind))
+        cell = cells[j]
+        s = min(cw, ch) * rng.uniform(0.6, 0.85)
+        cx = (cell % 3 + 0.5) * cw + rng.uniform(-1, 1) * (min(cw, ch) - s) / 2 * 0.8
+        cy = (cell // 3 + 0.5) * ch + rng.uniform(-1, 1) * (min(cw, ch) - s) / 2 * 0.8
+        mask, poly = _shape_geometry(kind, cx, cy, s, rng, w, h)
+        _paint(img, mask, COLORS[color], rng)
+        objs.append({"kind": kind, "color": color, "cx": cx, "cy": cy, "mask": mask, "poly": poly})
+    return objs, used, cells[k]
+
+
+def _annotate(rng, i: int, image_id: int, img: np.ndarray, objs: list[dict], free_cell: int, anns: list) -> None:
+    """COCO annotations of ``objs`` (polygon or RLE), and on every fourth image a crowd of dots
+    painted into ``free_cell``, annotated with an uncompressed RLE (left out by loaders)."""
+    from pycocotools import mask as mask_utils
+
+    h, w = img.shape[:2]
+    for obj in objs:
+        ann_id = len(anns) + 1
+        rle = _rle(obj["mask"])
+        coco_rle = dict(rle, counts=rle["counts"].encode("ascii"))
+        seg = [obj["poly"]] if obj["poly"] is not None else rle
+        anns.append({"id": ann_id, "image_id": image_id, "category_id": SHAPES[obj["kind"]][0],
+                     "segmentation": seg, "area": int(mask_utils.area(coco_rle)),
+                     "bbox": [float(t) for t in mask_utils.toBbox(coco_rle)], "iscrowd": 0})
+        obj["ann_id"] = ann_id
+    if i % 4 != 1:
+        return
+    cw, ch = w / 3, h / 2
+    dots = np.zeros((h, w), bool)
+    x0, y0 = int((free_cell % 3) * cw) + 4, int((free_cell // 3) * ch) + 4
+    for _ in range(6):
+        x = x0 + int(rng.integers(0, max(1, int(cw) - 11)))
+        y = y0 + int(rng.integers(0, max(1, int(ch) - 11)))
+        dots[y:y + 3, x:x + 3] = True
+    _paint(img, dots, (30, 30, 30), rng)
+    coco_rle = mask_utils.frPyObjects({"size": [h, w], "counts": _uncompressed_counts(dots)}, h, w)
+    anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": DOTS_CATEGORY,
+                 "segmentation": {"size": [h, w], "counts": _uncompressed_counts(dots)},
+                 "area": int(mask_utils.area(coco_rle)),
+                 "bbox": [float(t) for t in mask_utils.toBbox(coco_rle)], "iscrowd": 1})
+
+
+def _refcoco_refs(image: dict, objs: list[dict], sent_id: list, refs: list, points: list) -> None:
+    """One RefCOCO ref per object (colour + shape, with a position), and its pointing row."""
+    w, h = image["size"]
+    for obj in objs:
+        name = SHAPES[obj["kind"]][1]
+        texts = [f"the {obj['color']} {name}", f"{obj['color']} {name} {_hpos(obj['cx'], w)}"]
+        if sum(o["kind"] == obj["kind"] for o in objs) == 1:
+            texts.append(f"the {name} {_vpos(obj['cy'], h)}")
+        sents, ids = _sentences(texts, sent_id)
+        stem = image["file"][:-len(".png")]
+        refs.append({"sent_ids": ids, "file_name": f"{stem}_{obj['ann_id']}.png",
+                     "ann_id": obj["ann_id"], "ref_id": len(refs) + 1, "image_id": image["id"],
+                     "split": image["split"], "sentences": sents, "category_id": SHAPES[obj["kind"]][0]})
+        px, py = _nearest_pixel(obj["mask"], obj["cx"], obj["cy"])
+        points.append({"image": f"{IMAGE_DIR}/{image['file']}", "size": [w, h], "label": texts[0],
+                       "points": [{"x": px, "y": py}], "count": 1, "collection_method": "pointing",
+                       "split": image["split"]})
+
+
+def _grefcoco_refs(rng, i: int, image: dict, objs: list[dict], used: set, sent_id: list, grefs: list,
+                   points: list) -> None:
+    """gRefCOCO refs: every colour / shape shared by 2+ objects (and its counting row), then one
+    absent object (no target; a pointing row with no point on every fifth image)."""
+    w, h = image["size"]
+    where = {"image_id": image["id"], "split": image["split"]}
+    groups = []
+    for color in sorted({o["color"] for o in objs}):
+        members = [o for o in objs if o["color"] == color]
+        if len(members) > 1:
+            groups.append((members, [f"all the {color} shapes", f"every {color} object"], f"{color} shapes"))
+    for kind in sorted({o["kind"] for o in objs}):
+        members = [o for o in objs if o["kind"] == kind]
+        if len(members) > 1:
+            plural = SHAPES[kind][2]
+            groups.append((members, [f"all the {plural}", f"both {plural}" if len(members) == 2
+                                     else f"the {len(members)} {plural}"], plural))
+    for members, texts, label in groups:
+        sents, ids = _sentences(texts, sent_id)
+        grefs.append({"sent_ids": ids, "ann_id": [o["ann_id"] for o in members], "ref_id": len(grefs) + 1,
+                      "image_id": where["image_id"], "split": where["split"], "sentences": sents,
+                      "no_target": False, "category_id": [SHAPES[o["kind"]][0] for o in members]})
+        pts = [dict(zip("xy", _nearest_pixel(o["mask"], o["cx"], o["cy"]))) for o in members]
+        points.append({"image": f"{IMAGE_DIR}/{image['file']}", "size": [w, h], "label": label, "points": pts,
+                       "count": len(pts), "collection_method": "counting", "split": where["split"]})
+    absent = [(c, kd) for c in sorted(COLORS) for kd in SHAPE_ORDER if (c, kd) not in used]
+    color, kind = absent[int(rng.integers(0, len(absent)))]
+    name = SHAPES[kind][1]
+    sents, ids = _sentences([f"the {color} {name}", f"{color} {name} {_hpos(w / 2, w)}"], sent_id)
+    grefs.append({"sent_ids": ids, "ann_id": [-1], "ref_id": len(grefs) + 1, "image_id": where["image_id"],
+                  "split": where["split"], "sentences": sents, "no_target": True, "category_id": [-1]})
+    if i % 5 == 0:
+        points.append({"image": f"{IMAGE_DIR}/{image['file']}", "size": [w, h], "label": f"the {color} {name}",
+                       "points": [], "count": 0, "collection_method": "pointing", "split": where["split"]})
 
 
 def _lane_images(rng, out_dir: str) -> list[dict]:

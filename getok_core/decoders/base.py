@@ -11,25 +11,26 @@ masks of each point prompted alone, clipped to the box when there is one.
 Implementations: ``RegionDecoder`` (no weights; ``getok_core.decoders.region``), ``SamDecoder``
 and ``Sam2Decoder`` (``getok_core.decoders.sam``; torch and segment-anything / sam2 needed),
 ``RaySamDecoder`` (``getok_core.decoders.service``: SAM served by a Ray Serve app; ray needed).
-Use ``make_decoder(name, **kwargs)`` to build one by name.
+Use ``getok_core.decoders.make_decoder(name, **kwargs)`` to build one by name (the registry
+``getok_core.decoders.DECODERS``).
 
 Shared helpers: ``ByteLRUCache`` (the per-image caches of the decoders: least-recently-used,
-bounded by bytes). How a normalized box / point meets the pixel grid of the original image is
+bounded by bytes). Image sources are read by ``getok_core.data.images.load_image`` (re-exported
+here). How a normalized box / point meets the pixel grid of the original image is
 ``codec.coords.box_pixel_mask`` / ``point_pixel``.
 """
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator, Sequence, Union
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
 from ..codec.instance import Instance
+from ..data.images import ImageSource, load_image
 
-ImageSource = Union[str, np.ndarray, Callable[[], np.ndarray]]
 MODES = ("joint", "union")
 
 
@@ -53,23 +54,6 @@ class DecodeGroup:
     image_key: str
     image: ImageSource
     instances: Sequence[Instance] = field(default_factory=list)
-
-
-def load_image(source: ImageSource) -> np.ndarray:
-    """RGB uint8 (H, W, 3) pixels of an image source (EXIF orientation applied to files)."""
-    if callable(source):
-        source = source()
-    if isinstance(source, np.ndarray):
-        from ..prepare.proposals import to_rgb
-
-        return to_rgb(source)
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(source) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {source!r}: {exc}") from exc
 
 
 class ByteLRUCache:
@@ -182,25 +166,4 @@ class MaskDecoder:
         return out  # type: ignore[return-value]
 
 
-def make_decoder(name: str, **kwargs) -> MaskDecoder:
-    """A decoder by name: ``region``, ``sam`` (kwargs: checkpoint, model_type, device, ...),
-    ``sam2`` (kwargs: config, checkpoint, device, ...), ``ray`` (the SAM service client
-    ``sam_service.RaySamDecoder``; kwargs: app, address, timeout_s, retries, fallback, ... and
-    optional start arguments: checkpoint, model_type, replicas, gpus_per_replica, ...)."""
-    if name == "region":
-        from .region import RegionDecoder
-
-        return RegionDecoder(**kwargs)
-    if name == "sam":
-        from .sam import SamDecoder
-
-        return SamDecoder.from_checkpoint(**kwargs)
-    if name == "sam2":
-        from .sam import Sam2Decoder
-
-        return Sam2Decoder.from_checkpoint(**kwargs)
-    if name == "ray":
-        from .service import RaySamDecoder
-
-        return RaySamDecoder(**kwargs)
-    raise ValueError(f"unknown decoder {name!r}: region, sam, sam2 or ray")
+__all__ = ["MODES", "ImageSource", "DecoderCounters", "DecodeGroup", "ByteLRUCache", "MaskDecoder", "load_image"]

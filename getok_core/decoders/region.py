@@ -1,10 +1,11 @@
 """The checkpoint-free mask decoder: GETok instances -> masks from an image's regions (SPEC §3).
 
 ``RegionDecoder`` stands in for SAM where no weights are available (tests, CPU-only machines,
-quick experiments). It segments each image with the same scikit-image segmentation as the region
-proposals (``getok_core.prepare.proposals.region_labels``, same ``method`` and parameters, so a grid
-point decodes to exactly the proposal the greedy conversion chose it for) and answers prompts
-with those regions:
+quick experiments). It segments each image with ``region_labels`` (scikit-image's Felzenszwalb
+graph segmentation or SLIC superpixels, with the size-dependent defaults of ``region_params``):
+the segmentation the region proposals use too (``getok_core.prepare.proposals.RegionProposer``,
+same ``method`` and parameters, so a grid point decodes to exactly the proposal the greedy
+conversion chose it for), and answers prompts with those regions:
 
 - seg points (and a ``<point>``): the union of the regions containing them (the region of a
   point is the label of the pixel containing it, ``codec.coords.point_pixel``), clipped to the box
@@ -26,20 +27,107 @@ segmentations run, ``cache_hits`` segmentations served from the cache.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..codec.coords import box_pixel_mask, point_pixel
-from .base import ByteLRUCache, DecodeGroup, MaskDecoder, load_image
-from ..prepare.proposals import RegionProposer, region_labels
+from ..data.images import check_image_size, load_image, to_rgb
+from .base import ByteLRUCache, DecodeGroup, MaskDecoder
 
+#: The segmentations ``region_labels`` runs.
+REGION_METHODS = ("felzenszwalb", "slic")
+#: The parameters of each method (``region_params``).
+REGION_PARAMS = {
+    "felzenszwalb": ("scale", "sigma", "min_size"),
+    "slic": ("n_segments", "compactness", "sigma"),
+}
 DEFAULT_CACHE_BYTES = 256 << 20
 ENTRY_OVERHEAD_BYTES = 256
 #: A region joins a box-only mask when at least this share of its pixels lies inside the box.
 BOX_REGION_FRACTION = 0.5
 
 
+# ---------------------------------------------------------------------------------------- regions
+def check_region_params(method: str, params: dict) -> tuple[str, dict]:
+    """(method, params) validated: a known method, its own parameter names (TypeError
+    otherwise), finite numbers in range (ValueError otherwise); ``None`` / ``"auto"`` values are
+    left out (their size-dependent defaults apply)."""
+    if method not in REGION_METHODS:
+        raise ValueError(f"region method must be one of {REGION_METHODS}, got {method!r}")
+    allowed = REGION_PARAMS[method]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown {method} parameter(s) {unknown}; allowed: {list(allowed)}")
+    out = {}
+    for name, value in params.items():
+        if value is None or value == "auto":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{method} parameter {name} must be a finite number, got {value!r}")
+        if name in ("min_size", "n_segments"):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            value = int(value)
+        elif name == "sigma":
+            if value < 0:
+                raise ValueError(f"sigma must be >= 0, got {value!r}")
+            value = float(value)
+        elif value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+        else:
+            value = float(value)
+        out[name] = value
+    return method, out
+
+
+def region_params(method: str, image_size: tuple[int, int], **params) -> dict:
+    """The parameters ``region_labels`` uses for an image of ``image_size`` = (W, H).
+
+    With L = max(W, H) and a = W * H / 512**2 (the image's area relative to a 512 x 512 photo):
+
+    - felzenszwalb: ``scale`` = 300 a (Felzenszwalb's k: sets the size of a region, so it grows
+      with the pixel count; 300 at 512 x 512, ~350 at 640 x 480); ``sigma`` = 0.8 min(1, L / 512)
+      (the paper's smoothing for photos, shrinking with resolution so that small synthetic images
+      with flat colours are not blurred into boundary strips: 0.1 at 64 px); ``min_size`` =
+      max(4, round(50 a)).
+    - slic: ``n_segments`` = 100 (scikit-image's default), ``compactness`` = 10, ``sigma`` as
+      above.
+
+    Explicit values override these. ``scale`` > 0, ``sigma`` >= 0, ``min_size`` >= 1,
+    ``n_segments`` >= 1, ``compactness`` > 0.
+    """
+    method, params = check_region_params(method, params)
+    w, h = check_image_size(image_size)
+    area = w * h / 512.0**2
+    sigma = 0.8 * min(1.0, max(w, h) / 512.0)
+    if method == "felzenszwalb":
+        auto = {"scale": 300.0 * area, "sigma": sigma, "min_size": max(4, round(50 * area))}
+    else:
+        auto = {"n_segments": 100, "compactness": 10.0, "sigma": sigma}
+    return {**auto, **params}
+
+
+def region_labels(image, method: str = "felzenszwalb", **params) -> np.ndarray:
+    """The (H, W) int label image of scikit-image's segmentation (``region_params`` rules) of
+    ``image`` (anything ``to_rgb`` accepts)."""
+    rgb = to_rgb(image)
+    h, w = rgb.shape[:2]
+    resolved = region_params(method, (w, h), **params)
+    if method == "felzenszwalb":
+        from skimage.segmentation import felzenszwalb
+
+        return felzenszwalb(rgb, scale=float(resolved["scale"]), sigma=float(resolved["sigma"]),
+                            min_size=int(resolved["min_size"]), channel_axis=-1)
+    from skimage.segmentation import slic
+
+    return slic(rgb, n_segments=int(resolved["n_segments"]), compactness=float(resolved["compactness"]),
+                sigma=float(resolved["sigma"]), start_label=0, channel_axis=-1)
+
+
+# ---------------------------------------------------------------------------------------- decoder
 @dataclass
 class RegionEntry:
     """A cached segmentation: (H, W) labels 0..K-1 and each region's pixel count."""
@@ -73,8 +161,8 @@ class RegionDecoder(MaskDecoder):
     """Masks from an image's region segmentation, consistent with ``RegionProposer``.
 
     ``RegionDecoder(mode="joint", method="felzenszwalb", cache_bytes=256 MiB, **params)``:
-    ``method`` and ``params`` as ``getok_core.prepare.proposals.region_proposals`` takes them
-    (validated the same way). See the module's docstring for the decoding rules.
+    ``method`` and ``params`` as ``region_labels`` takes them (``check_region_params``). See the
+    module's docstring for the decoding rules.
     """
 
     name = "region"
@@ -82,9 +170,7 @@ class RegionDecoder(MaskDecoder):
     def __init__(self, mode: str = "joint", method: str = "felzenszwalb",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, **params):
         super().__init__(mode)
-        proposer = RegionProposer(method, **params)  # validates method and params
-        self.method, self.params = proposer.method, proposer.params
-        self.tag = proposer.tag
+        self.method, self.params = check_region_params(method, params)
         self.cache = ByteLRUCache(cache_bytes)
 
     def segment(self, group: DecodeGroup) -> RegionEntry:
@@ -138,7 +224,9 @@ class RegionDecoder(MaskDecoder):
         self.cache.clear()
 
     def __repr__(self) -> str:
-        return f"RegionDecoder(mode={self.mode!r}, {self.tag}, cache={self.cache!r})"
+        return (f"RegionDecoder(mode={self.mode!r}, method={self.method!r}, params={self.params!r}, "
+                f"cache={self.cache!r})")
 
 
-__all__ = ["RegionDecoder", "RegionEntry", "compact_labels", "BOX_REGION_FRACTION"]
+__all__ = ["RegionDecoder", "RegionEntry", "compact_labels", "BOX_REGION_FRACTION", "REGION_METHODS",
+           "REGION_PARAMS", "check_region_params", "region_params", "region_labels"]

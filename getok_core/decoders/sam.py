@@ -61,8 +61,10 @@ from typing import Sequence
 import numpy as np
 
 from ..codec.coords import box_pixel_mask
-from .base import ByteLRUCache, DecodeGroup, MaskDecoder, load_image
 from ..codec.instance import Instance
+from ..data.images import load_image
+from .base import ByteLRUCache, DecodeGroup, MaskDecoder
+from .sam_models import load_sam, load_sam2, sam2_predictor, sam_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -190,19 +192,22 @@ def _parse_dtype(dtype):
 
 
 class _PromptableDecoder(MaskDecoder):
-    """Cache and prompt logic shared by the SAM and SAM 2 decoders; subclasses say how to encode
-    an image, restore a cached state and run one batch of same-shaped prompts."""
+    """Cache and prompt logic shared by the SAM and SAM 2 decoders; subclasses say how to wrap a
+    model in its predictor (``wrap``), encode an image, restore a cached state and run one batch
+    of same-shaped prompts."""
 
     name = "promptable"
+    #: model (or predictor) -> predictor (``sam_models.sam_predictor`` / ``sam2_predictor``).
+    wrap = staticmethod(lambda model: model)
 
-    def __init__(self, predictor, mode: str = "joint", cache_bytes: int = DEFAULT_CACHE_BYTES,
+    def __init__(self, model, mode: str = "joint", cache_bytes: int = DEFAULT_CACHE_BYTES,
                  batch_size: int = 32, multimask="auto", dtype=None, cache_device=None):
         super().__init__(mode)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if multimask not in MULTIMASK_CHOICES:
             raise ValueError(f"multimask must be 'auto', True or False, got {multimask!r}")
-        self.predictor = predictor
+        self.predictor = self.wrap(model)
         self.batch_size = batch_size
         self.multimask = multimask
         self.cache = ByteLRUCache(cache_bytes)
@@ -213,6 +218,10 @@ class _PromptableDecoder(MaskDecoder):
                         self.device)
             amp = None
         self.amp_dtype = amp
+
+    @property
+    def model(self):
+        return self.predictor.model
 
     # -------------------------------------------------------------- subclass hooks
     @property
@@ -301,21 +310,7 @@ class SamDecoder(_PromptableDecoder):
     """
 
     name = "sam"
-
-    def __init__(self, model, mode: str = "joint", cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 batch_size: int = 32, multimask="auto", dtype=None, cache_device=None):
-        if hasattr(model, "set_image") and hasattr(model, "predict_torch"):
-            predictor = model
-        else:
-            from segment_anything import SamPredictor
-
-            predictor = SamPredictor(model)
-        super().__init__(predictor, mode=mode, cache_bytes=cache_bytes, batch_size=batch_size,
-                         multimask=multimask, dtype=dtype, cache_device=cache_device)
-
-    @property
-    def model(self):
-        return self.predictor.model
+    wrap = staticmethod(sam_predictor)
 
     @classmethod
     def from_checkpoint(cls, model_type: str = "vit_h", checkpoint=None, device=None, dtype=None,
@@ -324,8 +319,6 @@ class SamDecoder(_PromptableDecoder):
         ``device`` (default: CUDA when available, else CPU), wrapped in a decoder. ``dtype``
         (float16 / bfloat16) applies on CUDA only. Other keyword arguments (mode, batch_size,
         multimask, cache_device) go to the constructor."""
-        from ..prepare.proposals import load_sam
-
         return cls(load_sam(model_type, checkpoint, device), dtype=dtype, cache_bytes=cache_bytes, **kwargs)
 
     def _encode(self, rgb: np.ndarray) -> dict:
@@ -391,29 +384,12 @@ class Sam2Decoder(_PromptableDecoder):
     package: ImportError otherwise."""
 
     name = "sam2"
-
-    def __init__(self, model, mode: str = "joint", cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 batch_size: int = 32, multimask="auto", dtype=None, cache_device=None):
-        from ..prepare.proposals import import_sam2_predictor
-
-        predictor_cls = import_sam2_predictor()
-        if isinstance(model, predictor_cls) or (hasattr(model, "set_image") and hasattr(model, "_features")):
-            predictor = model
-        else:
-            predictor = predictor_cls(model)
-        super().__init__(predictor, mode=mode, cache_bytes=cache_bytes, batch_size=batch_size,
-                         multimask=multimask, dtype=dtype, cache_device=cache_device)
-
-    @property
-    def model(self):
-        return self.predictor.model
+    wrap = staticmethod(sam2_predictor)
 
     @classmethod
     def from_checkpoint(cls, config: str = "configs/sam2.1/sam2.1_hiera_l.yaml", checkpoint=None, device=None,
                         dtype=None, cache_bytes: int = DEFAULT_CACHE_BYTES, **kwargs) -> "Sam2Decoder":
         """``sam2.build_sam.build_sam2(config, checkpoint, device)`` wrapped in a decoder."""
-        from ..prepare.proposals import load_sam2
-
         return cls(load_sam2(config, checkpoint, device), dtype=dtype, cache_bytes=cache_bytes, **kwargs)
 
     def _encode(self, rgb: np.ndarray) -> dict:

@@ -55,8 +55,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import MODES, DecodeGroup, DecoderCounters, ImageSource, MaskDecoder
 from ..codec.instance import Instance
+from .base import MODES, DecodeGroup, ImageSource, MaskDecoder
+from .region import RegionDecoder
+from .sam import SamDecoder
+from .sam_models import load_sam
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +168,6 @@ class SamReplica:
     def __init__(self, config: ServiceConfig | dict):
         cfg = config if isinstance(config, ServiceConfig) else ServiceConfig(**config)
         import torch
-
-        from ..prepare.proposals import load_sam
-        from .sam import SamDecoder
 
         if cfg.torch_threads:
             torch.set_num_threads(int(cfg.torch_threads))
@@ -357,8 +357,8 @@ class RaySamDecoder(MaskDecoder):
     after its replica died. ``fallback="region"``: images not served in time (or when the service
     is unavailable) are decoded by ``RegionDecoder`` here, reading ``image_root`` / the path.
     ``start``: ``ServiceConfig`` fields (``checkpoint`` needed): the app is started with them on
-    first use when it is not running (with this ``image_root`` unless ``start`` names one). Thread-safe: concurrent ``decode`` calls proceed in
-    parallel. ``counters`` adds up what the service did for this client; ``fallbacks`` counts
+    first use when it is not running (with this ``image_root`` unless ``start`` names one).
+    Thread-safe: concurrent ``decode`` calls proceed in parallel. ``counters`` adds up what the service did for this client; ``fallbacks`` counts
     masks decoded by the fallback.
     """
 
@@ -425,8 +425,6 @@ class RaySamDecoder(MaskDecoder):
 
     def decode_flagged(self, requests: Sequence[tuple[str, ImageSource, Instance]]):
         """(masks in request order, flags: True where the mask came from the fallback)."""
-        from ray.exceptions import RayActorError, RayTaskError
-
         order: dict[str, list[int]] = {}
         for i, (key, _, _) in enumerate(requests):
             order.setdefault(str(key), []).append(i)
@@ -435,14 +433,7 @@ class RaySamDecoder(MaskDecoder):
         if not requests:
             return masks, flags
         deadline = time.monotonic() + self.timeout_s
-        payloads = {}
-        for key, idx in order.items():
-            source = requests[idx[0]][1]
-            if not isinstance(source, (str, os.PathLike)):
-                raise ValueError(f"the SAM service reads images by path; image {key!r} came as "
-                                 f"{type(source).__name__}")
-            payloads[key] = {"image_key": key, "image_path": os.fspath(source), "mode": self.mode,
-                             "instances": [instance_to_dict(requests[i][2]) for i in idx]}
+        payloads = {key: self._payload(key, [requests[i] for i in idx]) for key, idx in order.items()}
         try:
             handle = self.handle()
         except SamServiceError:
@@ -451,6 +442,37 @@ class RaySamDecoder(MaskDecoder):
             logger.warning("SAM service %r unavailable: %d image(s) decoded by the %s fallback", self.app,
                            len(order), self.fallback)
             return self._fall_back(requests, order, list(order), masks, flags)
+        pending, failed = self._gather(handle, payloads, order, masks, deadline)
+        if not pending and not failed:
+            return masks, flags
+        if self.fallback is None:
+            if pending:
+                raise TimeoutError(f"SAM service {self.app!r} did not answer within {self.timeout_s:g} s "
+                                   f"({len(pending)} of {len(order)} images pending; raise timeout_s, add "
+                                   f"replicas, or set fallback='region')")
+            raise SamServiceError(f"SAM service {self.app!r}: {len(failed)} image(s) failed after "
+                                  f"{self.retries} retries: replicas kept dying")
+        missing = failed + pending
+        logger.warning("SAM service %r: %d of %d image(s) not served within %g s: decoded by the %s fallback",
+                       self.app, len(missing), len(order), self.timeout_s, self.fallback)
+        return self._fall_back(requests, order, missing, masks, flags)
+
+    def _payload(self, key: str, requests: Sequence[tuple[str, ImageSource, Instance]]) -> dict:
+        """The service request of one image's (key, source, instance) requests."""
+        source = requests[0][1]
+        if not isinstance(source, (str, os.PathLike)):
+            raise ValueError(f"the SAM service reads images by path; image {key!r} came as "
+                             f"{type(source).__name__}")
+        return {"image_key": key, "image_path": os.fspath(source), "mode": self.mode,
+                "instances": [instance_to_dict(inst) for _, _, inst in requests]}
+
+    def _gather(self, handle, payloads: dict, order: dict, masks: list, deadline: float):
+        """Send every image's call at once, then collect the answers into ``masks`` (request
+        order) until ``deadline`` (``time.monotonic``). A call whose replica died is resent, at
+        most ``retries`` times; a call that raised in the replica re-raises its error here (the
+        other calls cancelled). Returns (image keys still pending at the deadline, cancelled;
+        image keys whose replicas kept dying)."""
+        from ray.exceptions import RayActorError, RayTaskError
 
         def submit(key):
             return handle.options(multiplexed_model_id=key).decode.remote(payloads[key])
@@ -478,7 +500,7 @@ class RaySamDecoder(MaskDecoder):
                 logger.info("SAM service %r: replica lost for image %r (%s); resending", self.app, key,
                             type(exc).__name__)
                 time.sleep(min(0.2 * attempts[key], max(deadline - time.monotonic(), 0)))
-                pending[key] = submit(key)
+                pending[key] = submit(key)  # same key: stays first, retried next
                 continue
             except RayTaskError as exc:
                 for r in pending.values():
@@ -496,23 +518,9 @@ class RaySamDecoder(MaskDecoder):
                 masks[i] = m
         for r in pending.values():
             r.cancel()
-        if not pending and not failed:
-            return masks, flags
-        missing = failed + list(pending)
-        if self.fallback is None:
-            if pending:
-                raise TimeoutError(f"SAM service {self.app!r} did not answer within {self.timeout_s:g} s "
-                                   f"({len(pending)} of {len(order)} images pending; raise timeout_s, add "
-                                   f"replicas, or set fallback='region')")
-            raise SamServiceError(f"SAM service {self.app!r}: {len(failed)} image(s) failed after "
-                                  f"{self.retries} retries: replicas kept dying")
-        logger.warning("SAM service %r: %d of %d image(s) not served within %g s: decoded by the %s fallback",
-                       self.app, len(missing), len(order), self.timeout_s, self.fallback)
-        return self._fall_back(requests, order, missing, masks, flags)
+        return list(pending), failed
 
     def _fall_back(self, requests, order, keys, masks, flags):
-        from .region import RegionDecoder
-
         with self._lock:
             if self._fallback_decoder is None:
                 self._fallback_decoder = RegionDecoder(mode=self.mode)

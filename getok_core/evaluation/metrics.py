@@ -505,6 +505,36 @@ def evaluate_predictions(records, strict: bool = False) -> dict:
     targets' points; ``gt_kind`` says "mask", "points" or "mixed") and
     "polyline" (line).
     """
+    out: dict = {}
+    for task, items in _group_by_task(records).items():
+        insts_list = []
+        for i, rec, _ in items:
+            parsed = rec.get("parsed")
+            ok = parsed is not None and (getattr(parsed, "valid", False) or not strict)
+            insts_list.append(list(getattr(parsed, "instances", None) or []) if ok else [])
+        res: dict = {"n": len(items), "format_validity": format_validity([r.get("parsed") for _, r, _ in items]),
+                     "n_no_instance": sum(not x for x in insts_list)}
+        gts = [gt for _, _, gt in items]
+        if task == "seg":
+            res["segmentation"] = _segmentation_family(items, insts_list)
+        seg_boxes = [t["box"] for gt in gts for t in gt["targets"]]
+        if task == "box" or (task == "seg" and seg_boxes and all(b is not None for b in seg_boxes)):
+            pb = [insts[0].box if insts else None for insts in insts_list]
+            gb = [[t["box"] for t in gt["targets"] if t["box"] is not None] for gt in gts]
+            res["box"] = box_accuracy(pb, gb)
+            res["box"].pop("per_sample")
+        if task == "point":
+            res["point"] = _point_family(items, insts_list)
+        if task == "line":
+            pl = [[inst.polyline for inst in insts if inst.polyline is not None] for insts in insts_list]
+            gl = [[t["polyline"] for t in gt["targets"] if t["polyline"] is not None] for gt in gts]
+            res["polyline"] = polyline_scores(pl, gl, [tuple(gt["image_size"]) for gt in gts])
+        out[task] = res
+    return out
+
+
+def _group_by_task(records) -> dict[str, list[tuple[int, dict, dict]]]:
+    """Records checked and grouped by task: task -> [(record index, record, ground truth)]."""
     groups: dict[str, list[tuple[int, dict, dict]]] = {}
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
@@ -520,76 +550,57 @@ def evaluate_predictions(records, strict: bool = False) -> dict:
                 raise ValueError(f"record {i}: target {j} has no {' or '.join(_NEEDS[task])}, which a "
                                  f"{task!r} evaluation needs")
         groups.setdefault(task, []).append((i, rec, gt))
-
-    out: dict = {}
-    for task, items in groups.items():
-        insts_list = []
-        for i, rec, _ in items:
-            parsed = rec.get("parsed")
-            ok = parsed is not None and (getattr(parsed, "valid", False) or not strict)
-            insts_list.append(list(getattr(parsed, "instances", None) or []) if ok else [])
-        res: dict = {"n": len(items), "format_validity": format_validity([r.get("parsed") for _, r, _ in items]),
-                     "n_no_instance": sum(not x for x in insts_list)}
-        gts = [gt for _, _, gt in items]
-
-        if task == "seg":
-            preds, gms, igns = [], [], []
-            for (i, rec, gt), insts in zip(items, insts_list):
-                if "pred_masks" not in rec:
-                    raise ValueError(f"record {i}: a seg record needs 'pred_masks' (a mask, a list of masks or None)")
-                pm = rec["pred_masks"]
-                try:
-                    if isinstance(pm, (list, tuple)):
-                        pm = union_masks(pm)
-                    shape = _as_mask(pm, "pred_masks").shape
-                except ValueError as exc:
-                    raise ValueError(f"record {i}: {exc}") from None
-                w, h = gt["image_size"]
-                if shape is not None and shape != (h, w):
-                    raise ValueError(f"record {i}: pred_masks is {shape[0]}x{shape[1]} (HxW), the ground-truth "
-                                     f"image is {h}x{w} (HxW)")
-                preds.append(pm if insts else None)
-                gms.append(union_masks([t["mask"] for t in gt["targets"] if t["mask"] is not None]))
-                igns.append(gt["ignore"])
-            seg = segmentation_scores(preds, gms, igns)
-            seg.pop("per_sample")
-            res["segmentation"] = seg
-
-        seg_boxes = [t["box"] for gt in gts for t in gt["targets"]]
-        if task == "box" or (task == "seg" and seg_boxes and all(b is not None for b in seg_boxes)):
-            pb = [insts[0].box if insts else None for insts in insts_list]
-            gb = [[t["box"] for t in gt["targets"] if t["box"] is not None] for gt in gts]
-            acc = box_accuracy(pb, gb)
-            acc.pop("per_sample")
-            res["box"] = acc
-
-        if task == "point":
-            pp = [[inst.point for inst in insts if inst.point is not None] for insts in insts_list]
-            gp, kinds = [], set()
-            for i, _, gt in items:
-                targets = gt["targets"]
-                if all(t["mask"] is not None for t in targets):
-                    m = union_masks([t["mask"] for t in targets])
-                    gp.append(None if m is None else decode_rle(m))
-                    kinds.add("mask")
-                elif all(t["points"] for t in targets):
-                    gp.append([p for t in targets for p in t["points"]])
-                    kinds.add("points")
-                else:
-                    raise ValueError(f"record {i}: point targets need all masks or all points")
-            pa = point_accuracy(pp, gp, image_size=[tuple(gt["image_size"]) for gt in gts])
-            pa.pop("per_sample")
-            pa["gt_kind"] = kinds.pop() if len(kinds) == 1 else "mixed"
-            res["point"] = pa
-
-        if task == "line":
-            pl = [[inst.polyline for inst in insts if inst.polyline is not None] for insts in insts_list]
-            gl = [[t["polyline"] for t in gt["targets"] if t["polyline"] is not None] for gt in gts]
-            res["polyline"] = polyline_scores(pl, gl, [tuple(gt["image_size"]) for gt in gts])
-        out[task] = res
-    return out
+    return groups
 
 
-__all__ = ["segmentation_scores", "box_accuracy", "box_iou", "box_iou_matrix", "polyline_scores",
-           "point_accuracy", "point_segment_distances", "format_validity", "evaluate_predictions",
+def _segmentation_family(items, insts_list) -> dict:
+    """``segmentation_scores`` (without per_sample) of seg records; an answer without instances
+    is an empty prediction."""
+    preds, gms, igns = [], [], []
+    for (i, rec, gt), insts in zip(items, insts_list):
+        if "pred_masks" not in rec:
+            raise ValueError(f"record {i}: a seg record needs 'pred_masks' (a mask, a list of masks or None)")
+        pm = rec["pred_masks"]
+        try:
+            if isinstance(pm, (list, tuple)):
+                pm = union_masks(pm)
+            shape = _as_mask(pm, "pred_masks").shape
+        except ValueError as exc:
+            raise ValueError(f"record {i}: {exc}") from None
+        w, h = gt["image_size"]
+        if shape is not None and shape != (h, w):
+            raise ValueError(f"record {i}: pred_masks is {shape[0]}x{shape[1]} (HxW), the ground-truth "
+                             f"image is {h}x{w} (HxW)")
+        preds.append(pm if insts else None)
+        gms.append(union_masks([t["mask"] for t in gt["targets"] if t["mask"] is not None]))
+        igns.append(gt["ignore"])
+    seg = segmentation_scores(preds, gms, igns)
+    seg.pop("per_sample")
+    return seg
+
+
+def _point_family(items, insts_list) -> dict:
+    """``point_accuracy`` (without per_sample) of point records against the targets' masks when
+    every target has one, else their points; ``gt_kind`` says which ("mixed" over records)."""
+    pp = [[inst.point for inst in insts if inst.point is not None] for insts in insts_list]
+    gp, kinds = [], set()
+    for i, _, gt in items:
+        targets = gt["targets"]
+        if all(t["mask"] is not None for t in targets):
+            m = union_masks([t["mask"] for t in targets])
+            gp.append(None if m is None else decode_rle(m))
+            kinds.add("mask")
+        elif all(t["points"] for t in targets):
+            gp.append([p for t in targets for p in t["points"]])
+            kinds.add("points")
+        else:
+            raise ValueError(f"record {i}: point targets need all masks or all points")
+    pa = point_accuracy(pp, gp, image_size=[tuple(gt["image_size"]) for _, _, gt in items])
+    pa.pop("per_sample")
+    pa["gt_kind"] = kinds.pop() if len(kinds) == 1 else "mixed"
+    return pa
+
+
+__all__ = ["segmentation_scores", "box_accuracy", "polyline_scores",
+           "point_accuracy", "format_validity", "evaluate_predictions",
            "union_masks", "DEFAULT_TOL_FRACTION"]

@@ -10,16 +10,19 @@ and a ``proposer.tag`` that names everything that changes the result (use it as 
 ``method_tag``):
 
 - ``RegionProposer`` / ``region_proposals``: no checkpoint needed. The image is segmented with
-  scikit-image (Felzenszwalb's graph segmentation, or SLIC superpixels) and each grid point's
-  proposal is the region that contains it. A stand-in for machines without SAM weights.
+  scikit-image (Felzenszwalb's graph segmentation, or SLIC superpixels:
+  ``getok_core.decoders.region.region_labels``, which the region decoder uses too) and each grid
+  point's proposal is the region that contains it. A stand-in for machines without SAM weights.
 - ``SamProposer``: segment-anything's ``SamPredictor``. The image is encoded once
   (``set_image``); the n^2 cell centres are then single positive point prompts, decoded in
   batches through ``predict_torch``, and each point keeps the best-scoring of its multimask
   outputs (the paper's proposals).
 - ``Sam2Proposer``: the same with SAM 2's ``SAM2ImagePredictor`` (optional ``sam2`` package).
 
-Images are uint8 arrays (H, W, 3) in RGB (or anything ``to_rgb`` accepts). Masks are COCO RLE
-dicts (``getok_core.data.masks``) in the original image frame. Nothing here imports torch,
+SAM / SAM 2 models are loaded and wrapped in their predictors by
+``getok_core.decoders.sam_models`` (shared with the SAM decoders). Images are uint8 arrays
+(H, W, 3) in RGB (or anything ``getok_core.data.images.to_rgb`` accepts). Masks are COCO RLE dicts
+(``getok_core.data.masks``) in the original image frame. Nothing here imports torch,
 segment-anything or scikit-image until it is used.
 """
 
@@ -29,8 +32,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
-import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -40,7 +41,10 @@ from typing import Callable
 import numpy as np
 
 from ..codec.coords import points_pixels
+from ..data.images import check_image_size, to_rgb
 from ..data.masks import decode_rle, encode_rle, rle_ious
+from ..decoders.region import REGION_PARAMS, check_region_params, region_labels, region_params
+from ..decoders.sam_models import load_sam, load_sam2, sam2_predictor, sam_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +55,6 @@ PROPOSALS_VERSION = 1
 CACHE_FORMAT = "getok-proposals"
 CACHE_FORMAT_VERSION = 1
 
-REGION_METHODS = ("felzenszwalb", "slic")
-_REGION_PARAMS = {
-    "felzenszwalb": ("scale", "sigma", "min_size"),
-    "slic": ("n_segments", "compactness", "sigma"),
-}
-
 
 # ---------------------------------------------------------------------------------------- grid
 def grid_points(image_size: tuple[int, int], grid_size: int) -> np.ndarray:
@@ -66,7 +64,7 @@ def grid_points(image_size: tuple[int, int], grid_size: int) -> np.ndarray:
     they are, as segment-anything's own automatic mask generator passes its point grids (its
     prompt encoder then adds half a pixel, reading coordinates as pixel indices).
     """
-    w, h = _size(image_size)
+    w, h = check_image_size(image_size)
     n = _grid(grid_size)
     centres = np.arange(n, dtype=np.float64) + 0.5
     xs, ys = np.meshgrid(centres * w / n, centres * h / n)  # (n, n), [y, x]
@@ -79,37 +77,9 @@ def grid_pixels(image_size: tuple[int, int], grid_size: int) -> tuple[np.ndarray
     ``codec.coords.points_pixels`` of the normalized cell centres: the pixel rule the rewards,
     the metrics and the decoders use.
     """
-    w, h = _size(image_size)
+    w, h = check_image_size(image_size)
     n = _grid(grid_size)
     return points_pixels(grid_points((1, 1), n), (w, h))
-
-
-# ---------------------------------------------------------------------------------------- images
-def to_rgb(image) -> np.ndarray:
-    """The (H, W, 3) uint8 RGB array of ``image``.
-
-    Accepted: a uint8 (or bool) array (H, W, 3) RGB, used as is; (H, W) or (H, W, 1) grayscale,
-    replicated into three channels; (H, W, 4) RGBA, whose alpha channel is dropped (the colour
-    channels are used as they are, as PIL's ``convert("RGB")`` does); a PIL image (converted with
-    ``np.asarray``, so convert palette images to RGB first). Other dtypes (float images) raise
-    ValueError: scale them to uint8 yourself so that nothing is guessed.
-    """
-    arr = np.asarray(image)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (H, W[, C]), got dtype {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"image is empty: shape {arr.shape}")
-    return np.ascontiguousarray(arr)
 
 
 # ---------------------------------------------------------------------------------------- proposals
@@ -130,7 +100,7 @@ class Proposals:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        w, h = self.image_size = _size(self.image_size)
+        w, h = self.image_size = check_image_size(self.image_size)
         n = self.grid_size = _grid(self.grid_size)
         self.rles = list(self.rles)
         if len(self.rles) != n * n:
@@ -205,52 +175,9 @@ def region_method_tag(method: str = "felzenszwalb", **params) -> str:
     Parameters left out are written as ``auto`` (their size-dependent defaults are a fixed rule of
     this version), so the tag fully determines the output.
     """
-    method, params = _check_region(method, params)
-    shown = {name: params.get(name, "auto") for name in _REGION_PARAMS[method]}
+    method, params = check_region_params(method, params)
+    shown = {name: params.get(name, "auto") for name in REGION_PARAMS[method]}
     return f"region-{method}-v{PROPOSALS_VERSION}:" + json.dumps(shown, sort_keys=True, separators=(",", ":"))
-
-
-def region_params(method: str, image_size: tuple[int, int], **params) -> dict:
-    """The parameters ``region_proposals`` uses for an image of ``image_size`` = (W, H).
-
-    With L = max(W, H) and a = W * H / 512**2 (the image's area relative to a 512 x 512 photo):
-
-    - felzenszwalb: ``scale`` = 300 a (Felzenszwalb's k: sets the size of a region, so it grows
-      with the pixel count; 300 at 512 x 512, ~350 at 640 x 480); ``sigma`` = 0.8 min(1, L / 512)
-      (the paper's smoothing for photos, shrinking with resolution so that small synthetic images
-      with flat colours are not blurred into boundary strips: 0.1 at 64 px); ``min_size`` =
-      max(4, round(50 a)).
-    - slic: ``n_segments`` = 100 (scikit-image's default), ``compactness`` = 10, ``sigma`` as
-      above.
-
-    Explicit values override these. ``scale`` > 0, ``sigma`` >= 0, ``min_size`` >= 1,
-    ``n_segments`` >= 1, ``compactness`` > 0.
-    """
-    method, params = _check_region(method, params)
-    w, h = _size(image_size)
-    area = w * h / 512.0**2
-    sigma = 0.8 * min(1.0, max(w, h) / 512.0)
-    if method == "felzenszwalb":
-        auto = {"scale": 300.0 * area, "sigma": sigma, "min_size": max(4, round(50 * area))}
-    else:
-        auto = {"n_segments": 100, "compactness": 10.0, "sigma": sigma}
-    return {**auto, **params}
-
-
-def region_labels(image, method: str = "felzenszwalb", **params) -> np.ndarray:
-    """The (H, W) int label image of scikit-image's segmentation (``region_params`` rules)."""
-    rgb = to_rgb(image)
-    h, w = rgb.shape[:2]
-    resolved = region_params(method, (w, h), **params)
-    if method == "felzenszwalb":
-        from skimage.segmentation import felzenszwalb
-
-        return felzenszwalb(rgb, scale=float(resolved["scale"]), sigma=float(resolved["sigma"]),
-                            min_size=int(resolved["min_size"]), channel_axis=-1)
-    from skimage.segmentation import slic
-
-    return slic(rgb, n_segments=int(resolved["n_segments"]), compactness=float(resolved["compactness"]),
-                sigma=float(resolved["sigma"]), start_label=0, channel_axis=-1)
 
 
 def region_proposals(image, grid_size: int = 32, method: str = "felzenszwalb", **params) -> Proposals:
@@ -259,9 +186,10 @@ def region_proposals(image, grid_size: int = 32, method: str = "felzenszwalb", *
     ``image``: uint8 (H, W, 3) RGB, or grayscale / RGBA / PIL as ``to_rgb`` converts them.
     ``method``: ``"felzenszwalb"`` (default; scikit-image's ``felzenszwalb``, graph-based regions
     that follow colour edges) or ``"slic"`` (``slic`` superpixels, more compact and regular).
-    ``params``: that method's parameters (``region_params`` documents them and their
-    size-dependent defaults). The region of grid point k is the label of the pixel containing it
-    (``grid_pixels``). Deterministic: the same image and parameters give the same proposals.
+    ``params``: that method's parameters (``getok_core.decoders.region.region_params`` documents
+    them and their size-dependent defaults). The region of grid point k is the label of the
+    pixel containing it (``grid_pixels``). Deterministic: the same image and parameters give the
+    same proposals.
     """
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
@@ -281,7 +209,7 @@ class RegionProposer:
     """``region_proposals`` as a proposer object: ``RegionProposer(method, **params)(image, n)``."""
 
     def __init__(self, method: str = "felzenszwalb", **params):
-        self.method, self.params = _check_region(method, params)
+        self.method, self.params = check_region_params(method, params)
 
     @property
     def tag(self) -> str:
@@ -294,80 +222,12 @@ class RegionProposer:
         return f"RegionProposer({self.tag})"
 
 
-def _check_region(method: str, params: dict) -> tuple[str, dict]:
-    if method not in REGION_METHODS:
-        raise ValueError(f"region method must be one of {REGION_METHODS}, got {method!r}")
-    allowed = _REGION_PARAMS[method]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise TypeError(f"unknown {method} parameter(s) {unknown}; allowed: {list(allowed)}")
-    out = {}
-    for name, value in params.items():
-        if value is None or value == "auto":
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{method} parameter {name} must be a finite number, got {value!r}")
-        if name in ("min_size", "n_segments"):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-            value = int(value)
-        elif name == "sigma":
-            if value < 0:
-                raise ValueError(f"sigma must be >= 0, got {value!r}")
-            value = float(value)
-        elif value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
-        else:
-            value = float(value)
-        out[name] = value
-    return method, out
-
-
 # ---------------------------------------------------------------------------------------- SAM
-def load_sam(model_type: str, checkpoint, device=None):
-    """``segment_anything.sam_model_registry[model_type](checkpoint=path)`` in eval mode on
-    ``device`` (default: CUDA when available, else CPU), with clear errors for a bad type or path.
-    ``model_type="tiny"`` loads a checkpoint of ``getok_core.decoders.tiny_sam`` (``getok tiny-sam``)."""
-    import torch
-    from segment_anything import sam_model_registry
-
-    if model_type not in sam_model_registry and model_type != "tiny":
-        raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(sam_model_registry) + ['tiny']}")
-    if checkpoint is None:
-        raise ValueError("a SAM checkpoint path is needed (e.g. sam_vit_h_4b8939.pth); none is downloaded")
-    path = os.fspath(checkpoint)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if model_type == "tiny":
-        from ..decoders.tiny_sam import load_tiny_sam
-
-        model = load_tiny_sam(path)
-    else:
-        model = sam_model_registry[model_type](checkpoint=path)
-    return model.to(device).eval()
-
-
-def load_sam2(config: str, checkpoint, device=None):
-    """``sam2.build_sam.build_sam2(config, checkpoint, device)`` (default device: CUDA when
-    available, else CPU), with clear errors for a missing package or path."""
-    import_sam2_predictor()
-    import torch
-    from sam2.build_sam import build_sam2
-
-    if checkpoint is None:
-        raise ValueError("a SAM 2 checkpoint path is needed; none is downloaded")
-    path = os.fspath(checkpoint)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return build_sam2(config, path, device=device)
-
-
 class SamProposer:
     """Proposals from segment-anything (SAM 1): one single-point prompt per grid point.
 
-    ``model``: a ``segment_anything.SamPredictor`` or a ``Sam`` model (wrapped in a predictor).
+    ``model``: a ``segment_anything.SamPredictor`` or a ``Sam`` model (wrapped in a predictor:
+    ``decoders.sam_models.sam_predictor``).
     ``__call__(image, grid_size)`` calls ``set_image`` once (one image-encoder pass), then prompts
     all n^2 cell centres (label 1, ``grid_points``) through ``predict_torch`` in batches of
     ``batch_size``, coordinates mapped by ``predictor.transform.apply_coords_torch``, and keeps
@@ -382,23 +242,17 @@ class SamProposer:
     """
 
     family = "sam"
+    #: model (or predictor) -> predictor.
+    wrap = staticmethod(sam_predictor)
 
     def __init__(self, model, batch_size: int = 64, multimask: bool = True, model_id: str | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        self.predictor = self._make_predictor(model)
+        self.predictor = self.wrap(model)
         self.batch_size = batch_size
         self.multimask = bool(multimask)
         self.model_id = model_id
         self._fingerprint: str | None = None
-
-    @staticmethod
-    def _make_predictor(model):
-        if hasattr(model, "set_image") and hasattr(model, "predict_torch"):
-            return model
-        from segment_anything import SamPredictor
-
-        return SamPredictor(model)
 
     @property
     def model(self):
@@ -425,31 +279,37 @@ class SamProposer:
         return self._fingerprint
 
     def __call__(self, image, grid_size: int = 32) -> Proposals:
-        import torch
-
         rgb = to_rgb(image)
         h, w = rgb.shape[:2]
         n = _grid(grid_size)
-        predictor = self.predictor
-        predictor.set_image(rgb)
-        device = predictor.device
-        points = torch.as_tensor(grid_points((w, h), n), dtype=torch.float32, device=device)
-        coords = predictor.transform.apply_coords_torch(points, predictor.original_size)
+        self.predictor.set_image(rgb)
+        points = grid_points((w, h), n)
         rles: list[dict] = []
         scores: list[float] = []
-        for start in range(0, len(coords), self.batch_size):
-            batch = coords[start:start + self.batch_size, None, :]  # (B, 1, 2)
-            labels = torch.ones(batch.shape[:2], dtype=torch.int, device=device)
-            masks, iou_pred, _ = predictor.predict_torch(batch, labels, multimask_output=self.multimask)
-            best = iou_pred.argmax(dim=1)
-            rows = torch.arange(len(batch), device=device)
-            chosen = masks[rows, best].cpu().numpy()
-            scores.extend(iou_pred[rows, best].float().cpu().tolist())
-            rles.extend(encode_rle(m) for m in chosen)
+        for start in range(0, len(points), self.batch_size):
+            masks, best = self._best_masks(points[start:start + self.batch_size], (w, h))
+            rles.extend(encode_rle(m) for m in masks)
+            scores.extend(best)
         return Proposals(image_size=(w, h), grid_size=n, method=self.tag, rles=rles, scores=scores)
 
+    def _best_masks(self, points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
+        """Bool (B, H, W) masks of single-point prompts at ``points`` ((B, 2) pixels (x, y) of the
+        image set on the predictor), each the best-scoring multimask output, and their scores."""
+        import torch
+
+        p = self.predictor
+        device = p.device
+        pts = torch.as_tensor(points, dtype=torch.float32, device=device)
+        coords = p.transform.apply_coords_torch(pts, p.original_size)[:, None, :]  # (B, 1, 2)
+        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
+        masks, iou_pred, _ = p.predict_torch(coords, labels, multimask_output=self.multimask)
+        best = iou_pred.argmax(dim=1)
+        rows = torch.arange(len(coords), device=device)
+        return masks[rows, best].cpu().numpy(), iou_pred[rows, best].float().cpu().tolist()
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model_id={self.model_id!r}, batch_size={self.batch_size}, multimask={self.multimask})"
+        return (f"{type(self).__name__}(model_id={self.model_id!r}, batch_size={self.batch_size}, "
+                f"multimask={self.multimask})")
 
 
 class Sam2Proposer(SamProposer):
@@ -462,13 +322,7 @@ class Sam2Proposer(SamProposer):
     """
 
     family = "sam2"
-
-    @staticmethod
-    def _make_predictor(model):
-        predictor_cls = import_sam2_predictor()
-        if isinstance(model, predictor_cls) or (hasattr(model, "set_image") and hasattr(model, "predict")):
-            return model
-        return predictor_cls(model)
+    wrap = staticmethod(sam2_predictor)
 
     @classmethod
     def from_checkpoint(cls, config: str, checkpoint, device=None, **kwargs) -> "Sam2Proposer":
@@ -476,39 +330,18 @@ class Sam2Proposer(SamProposer):
         identity: the weights' fingerprint unless ``model_id`` is given)."""
         return cls(load_sam2(config, checkpoint, device), **kwargs)
 
-    def __call__(self, image, grid_size: int = 32) -> Proposals:
-        rgb = to_rgb(image)
-        h, w = rgb.shape[:2]
-        n = _grid(grid_size)
-        predictor = self.predictor
-        predictor.set_image(rgb)
-        points = grid_points((w, h), n).astype(np.float32)
-        rles: list[dict] = []
-        scores: list[float] = []
-        for start in range(0, len(points), self.batch_size):
-            batch = points[start:start + self.batch_size, None, :]  # (B, 1, 2)
-            labels = np.ones(batch.shape[:2], np.int32)
-            masks, iou_pred, _ = predictor.predict(point_coords=batch, point_labels=labels,
-                                                   multimask_output=self.multimask, normalize_coords=True)
-            b = len(batch)
-            masks = np.asarray(masks).reshape(b, -1, h, w)  # predict squeezes a batch of one
-            iou_pred = np.asarray(iou_pred, np.float64).reshape(b, -1)
-            best = iou_pred.argmax(axis=1)
-            for i in range(b):
-                rles.append(encode_rle(masks[i, best[i]] > 0))
-                scores.append(float(iou_pred[i, best[i]]))
-        return Proposals(image_size=(w, h), grid_size=n, method=self.tag, rles=rles, scores=scores)
-
-
-def import_sam2_predictor():
-    try:
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
-    except ImportError as exc:
-        raise ImportError(
-            "SAM 2 is not installed: install it from https://github.com/facebookresearch/sam2 "
-            "(package `sam2`), or use segment-anything (SamProposer / SamDecoder) or the region "
-            "proposer / decoder") from exc
-    return SAM2ImagePredictor
+    def _best_masks(self, points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
+        w, h = size
+        b = len(points)
+        batch = points.astype(np.float32)[:, None, :]  # (B, 1, 2)
+        labels = np.ones(batch.shape[:2], np.int32)
+        masks, iou_pred, _ = self.predictor.predict(point_coords=batch, point_labels=labels,
+                                                    multimask_output=self.multimask, normalize_coords=True)
+        masks = np.asarray(masks).reshape(b, -1, h, w)  # predict squeezes a batch of one
+        iou_pred = np.asarray(iou_pred, np.float64).reshape(b, -1)
+        best = iou_pred.argmax(axis=1)
+        rows = np.arange(b)
+        return masks[rows, best] > 0, [float(x) for x in iou_pred[rows, best]]
 
 
 def model_fingerprint(model) -> str:
@@ -628,16 +461,6 @@ class ProposalCache:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _size(image_size) -> tuple[int, int]:
-    try:
-        w, h = (int(t) for t in image_size)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"image_size must be (W, H), got {image_size!r}") from exc
-    if w < 1 or h < 1:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
-    return w, h
-
-
 def _grid(grid_size) -> int:
     if isinstance(grid_size, bool) or not isinstance(grid_size, (int, np.integer)) or grid_size < 1:
         raise ValueError(f"grid_size must be an int >= 1, got {grid_size!r}")
@@ -650,3 +473,8 @@ def _counts_str(counts) -> str | list:
 
 def _jsonable(v):
     return v.item() if isinstance(v, np.generic) else v
+
+
+__all__ = ["PROPOSALS_VERSION", "CACHE_FORMAT", "CACHE_FORMAT_VERSION", "grid_points", "grid_pixels", "Proposals",
+           "region_method_tag", "region_proposals", "RegionProposer", "SamProposer", "Sam2Proposer",
+           "model_fingerprint", "ProposalCache"]

@@ -9,7 +9,8 @@ refined so far; deleted points are gone from later rounds.
 
 The verl agent loop (``easyr1_plugin/agent_loop.py``), the ms-swift multi-turn scheduler
 (``swift_plugin/getok_multiturn.py``) and ``getok rollout-proposals`` (EasyR1's two-turn data) all
-drive this module, so the three frameworks show the same text and score the same way.
+drive this module (``replay`` and ``dialogue_over`` for the turn loop, ``score_dialogues`` through
+``frameworks.score_batch``), so the three frameworks show the same text and score the same way.
 
 ``RefineState.stop_reason`` says why a turn-1 answer cannot be refined; the dialogue then ends after
 turn 1 and ``score_dialogues`` scores it as documented there (never an exception):
@@ -116,6 +117,40 @@ def advance(state: RefineState, offsets_text, vocab: GetokVocab | None = None) -
     return new if new.num_points else RefineState(new.turn1, moved, new.offsets, stop_reason="no_points")
 
 
+def replay(turns: Sequence, vocab: GetokVocab | None = None) -> RefineState:
+    """The state after the model's ``turns`` (the turn-1 answer, then one offset answer per round):
+    ``start_refinement`` then ``advance`` per round. No turn reads as an empty turn 1. Never
+    raises."""
+    turns = list(turns) or [""]
+    state = start_refinement(turns[0], vocab)
+    for offsets in turns[1:]:
+        state = advance(state, offsets, vocab)
+    return state
+
+
+def dialogue_over(state: RefineState, turns_done: int, turn_limit: int, cut: bool = False) -> bool:
+    """Whether the dialogue ends after ``turns_done`` model turns: turn 1 cannot be refined or no
+    point is left (``state.stop_reason``), the ``turn_limit`` (1 + rounds) is reached, or the last
+    turn was ``cut`` at the length limit (what counts as cut is the framework's: a chat cannot go
+    on after an unfinished turn)."""
+    return bool(state.stop_reason) or turns_done >= turn_limit or bool(cut)
+
+
+def split_transcript(text) -> tuple[str | None, str]:
+    """A multi-turn transcript decoded as one text (a verl response holds every response token,
+    the inserted user turns included): ``(turn-1 answer block, the text after it)`` when ``text``
+    holds two or more ``<answer>`` blocks, else ``(None, text)`` (a single answer). Never raises."""
+    text = as_text(text)
+    if text.count(ANSWER_OPEN) < 2:
+        return None, text
+    a = text.find(ANSWER_OPEN)
+    b = text.find(ANSWER_CLOSE, a)
+    if b < 0:
+        return None, text
+    end = b + len(ANSWER_CLOSE)
+    return text[a:end], text[end:]
+
+
 def score_dialogues(dialogues: Sequence[Sequence], ground_truths: Sequence, vocab: GetokVocab | None = None,
                     decoder=None, grid_weights: GridWeights | dict | None = None,
                     refine_weights: RefineWeights | dict | None = None,
@@ -203,6 +238,6 @@ def _as_refine(grid: RewardResult, with_mask: bool, weights) -> RewardResult:
 
 
 __all__ = ["STOP_REASONS", "clean_answer", "RefineState", "start_refinement",
-           "refine_message", "advance", "score_dialogues",
+           "refine_message", "advance", "replay", "dialogue_over", "split_transcript", "score_dialogues",
            "stage_turns",
            "GRID_COMPONENTS", "REFINE_COMPONENTS"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from getok_core.data import groundtruth
-from getok_core.decoders.base import make_decoder
+from getok_core.decoders import make_decoder
 from getok_core.evaluation.evaluate import evaluate, read_ground_truth
 from getok_core.prepare.engine import PrepareConfig, prepare
 from getok_core.data.sample_data import write_sample_dataset

@@ -11,9 +11,9 @@ from pycocotools import mask as mask_utils
 from getok_core import GetokVocab, Instance, format_answer, parse_answer
 from getok_core.data.groundtruth import dumps, make_ground_truth
 from getok_core.data.masks import encode_rle, to_coco
-from getok_core.evaluation.metrics import (box_accuracy, box_iou, box_iou_matrix, evaluate_predictions, format_validity,
-                                point_accuracy, point_segment_distances, polyline_scores, segmentation_scores,
-                                union_masks)
+from getok_core.codec.geometry import box_iou, box_iou_matrix, point_segment_distances
+from getok_core.evaluation.metrics import (box_accuracy, evaluate_predictions, format_validity, point_accuracy,
+                                           polyline_scores, segmentation_scores, union_masks)
 from getok_core.data.records import Sample, Target
 
 

@@ -1,4 +1,4 @@
-"""The SAM Ray Serve service (getok_core/sam_service.py) on a local Ray, with a tiny SAM.
+"""The SAM Ray Serve service (getok_core/decoders/service.py) on a local Ray, with a tiny SAM.
 
 One local cluster (``ray.init(num_cpus=2)``) and one app of 2 CPU replicas for the module; the
 images are small PNGs written here, read by the replicas through ``image_root``. The reference
@@ -23,16 +23,15 @@ from ray import serve  # noqa: E402
 
 from getok_core import GetokVocab, Instance, format_answer  # noqa: E402
 from getok_core.cli import main as getok_main  # noqa: E402
-from getok_core.decoders.base import make_decoder  # noqa: E402
 from getok_core.data.masks import encode_rle  # noqa: E402
-from getok_core.prepare.proposals import load_sam  # noqa: E402
-from getok_core.decoders.region import RegionDecoder  # noqa: E402
-from getok_core.rewards.core import score_grid_batch, score_refine_batch  # noqa: E402
-from getok_core.decoders.sam import SamDecoder  # noqa: E402
+from getok_core.decoders import RegionDecoder, SamDecoder, make_decoder  # noqa: E402
+from getok_core.decoders import service as service_mod  # noqa: E402
+from getok_core.decoders.sam_models import load_sam  # noqa: E402
 from getok_core.decoders.service import (  # noqa: E402
     RaySamDecoder, SamServiceError, pack_masks, rank_replicas, resolve_image, serve_sam, service_stats, stop_sam,
     unpack_masks)
 from getok_core.decoders.tiny_sam import save_tiny_sam  # noqa: E402
+from getok_core.rewards.core import score_grid_batch, score_refine_batch  # noqa: E402
 
 APP = "getok-sam-test"
 V = GetokVocab(grid_size=10)
@@ -143,6 +142,24 @@ def test_pack_roundtrip_and_resolve_image(tmp_path):
         resolve_image("nope/y.png", str(tmp_path), "k")
     with pytest.raises(FileNotFoundError, match="no image_path"):
         resolve_image("", str(tmp_path), "k")
+
+
+def test_request_router_imports_by_the_path_serve_uses():
+    """Serve stores the router class as ``f"{cls.__module__}.{cls.__name__}"`` and every replica's
+    handle imports it back by that string: it must name the very class (module ``__getattr__``)."""
+    import importlib
+
+    from ray.serve.config import RequestRouterConfig
+    from ray.serve.request_router import RequestRouter
+
+    router = service_mod.ImageAffinityRouter
+    path = f"{router.__module__}.{router.__name__}"
+    assert path == "getok_core.decoders.service.ImageAffinityRouter"
+    assert issubclass(router, RequestRouter)
+    module, _, name = path.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is router
+    config = RequestRouterConfig(request_router_class=router)  # what serve_sam hands to Serve
+    assert config.request_router_class == path and config.get_request_router_class() is router
 
 
 # ---------------------------------------------------------------------- the service

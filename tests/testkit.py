@@ -1,0 +1,49 @@
+"""Shared test helpers: masks of simple shapes, targets, and reward ground truths built through
+``groundtruth.dumps`` (so every test's ground truth is one the schema accepts).
+
+Imported as ``from testkit import ...`` (pytest puts ``tests/`` on the path: tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from getok_core.data import groundtruth
+from getok_core.data.masks import encode_rle
+
+#: The image size most reward tests use: (W, H) = (100, 100).
+SIZE = (100, 100)
+
+
+def square(c0: int, c1: int, r0: int, r1: int, size=SIZE) -> np.ndarray:
+    """Bool (H, W) mask of the pixels with c0 <= col <= c1 and r0 <= row <= r1 (inclusive)."""
+    w, h = size
+    m = np.zeros((h, w), bool)
+    m[r0:r1 + 1, c0:c1 + 1] = True
+    return m
+
+
+def disc(cx: float, cy: float, r: float, size=SIZE) -> np.ndarray:
+    """Bool (H, W) mask of the pixels whose centre is within ``r`` px of (cx, cy)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
+
+
+def target(mask=None, box=None, points=(), polyline=None) -> dict:
+    """One ground-truth target: a bool mask (-> RLE), a normalized box, points, a polyline."""
+    return {"mask": None if mask is None else encode_rle(np.asarray(mask, bool)),
+            "box": None if box is None else [float(x) for x in box],
+            "points": [[float(u), float(v)] for u, v in points],
+            "polyline": None if polyline is None else [[float(u), float(v)] for u, v in polyline]}
+
+
+def ground_truth(targets=(), *, size=SIZE, task: str = "seg", image_path: str = "", image_key: str = "k",
+                 sample_id: str = "t", expression: str = "x", ignore=None, extra=None) -> str:
+    """The reward ground-truth JSON string of ``targets`` (dicts of ``target``), validated by
+    ``groundtruth.dumps``. ``ignore``: a bool mask of pixels left out of mask IoU, or None."""
+    gt = {"version": groundtruth.VERSION, "sample_id": sample_id, "image_key": image_key,
+          "image_path": image_path, "image_size": [int(size[0]), int(size[1])], "task": task,
+          "expression": expression, "no_target": not list(targets), "targets": list(targets),
+          "ignore": None if ignore is None else encode_rle(np.asarray(ignore, bool)), "extra": dict(extra or {})}
+    return groundtruth.dumps(gt)
