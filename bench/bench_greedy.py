@@ -6,7 +6,7 @@ scale, or the whole visible object, unioned with 0-2 random shapes, so sizes var
 (visible objects, unions of 2-3 objects, objects with a bite taken out). Times
 
   (a) the naive loop: the SPEC's algorithm written plainly over full bool arrays (on a subset:
-      it is slow), the same code as the reference in tests/core/test_greedy.py;
+      it is slow), ``testkit.naive_greedy``, the reference of tests/core/test_greedy.py;
   (b) ``greedy_select`` on ``PackedProposals`` packed once for the image (packing timed apart,
       then amortized over the masks);
   (c) ``greedy_select`` given the bool (K, H, W) array (one-shot: packs, per call, only the
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from skimage import draw
@@ -30,35 +31,13 @@ from skimage.segmentation import felzenszwalb
 
 from getok_core.data.greedy import PackedProposals, greedy_select
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from testkit import naive_greedy  # noqa: E402  (the tests' reference)
+
 H, W = 480, 640
 
 
 # ---------------------------------------------------------------------------- reference
-def naive_iou(a, b):
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
-
-
-def naive_greedy(gt, proposals, tau=0.9, max_points=32):
-    """SPEC §4 written plainly over full bool arrays (as in the tests)."""
-    gt = np.asarray(gt, bool)
-    if not gt.any() or len(proposals) == 0:
-        return [], 0.0
-    ious = [naive_iou(p, gt) for p in proposals]
-    order = sorted(range(len(proposals)), key=lambda k: (-ious[k], k))
-    union = np.zeros_like(gt)
-    chosen, best = [], 0.0
-    for k in order:
-        if best >= tau or len(chosen) >= max_points:
-            break
-        c = naive_iou(union | proposals[k], gt)
-        if c > best:
-            union = union | proposals[k]
-            chosen.append(k)
-            best = c
-    return chosen, best
-
-
 # ---------------------------------------------------------------------------- scene
 def random_shape(rng, centre=None, scale=1.0):
     """Bool (H, W): an ellipse, a rectangle or a polygon, near ``centre`` (row, col) if given."""

@@ -9,12 +9,14 @@ dialogue logic and its scoring; ``docs/agent_loop.md`` documents the behaviour a
 One trajectory: turn 1 is generated from the row's prompt (with its image); ``stage: grid`` stops
 there and scores it with the grid reward. ``stage: refine`` then runs ``rounds`` refinement rounds:
 the user turn ``refine_message`` (with ``overlay: true`` also a picture of the current proposal),
-then the model's offset answer; it stops early when turn 1 cannot be refined (its
-``stop_reason``), when no point is left, or when the ``response_length`` budget is spent. The
-response holds the model tokens (``response_mask`` 1) and the inserted user turns (mask 0); the
-reward is ``score_dialogues`` of the model turns (``stage_turns``), set as ``reward_score`` so
-verl runs no reward manager for these rows; its components go to
-``extra_fields["reward_extra_info"]``, a fixed set of keys per stage, which verl logs.
+then the model's offset answer; it stops early (``dialogue.dialogue_over``) when turn 1 cannot be
+refined (its ``stop_reason``), when no point is left, or when the ``response_length`` budget is
+spent (a turn cut: the chat cannot go on after an unfinished turn). The response holds the model
+tokens (``response_mask`` 1) and the inserted user turns (mask 0); the reward is the dialogue's
+(``frameworks.score_batch``: ``score_dialogues`` of the model turns ``stage_turns`` picks), set
+as ``reward_score`` so verl runs no reward manager for these rows; its components go to
+``extra_fields["reward_extra_info"]``, a fixed set of keys per stage (``frameworks.flatten``),
+which verl logs.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
 
-from getok_core.rewards.dialogue import advance, refine_message, score_dialogues, stage_turns, start_refinement
-from getok_core.rewards.core import setup_from_kwargs
-
-from .verl_reward import KeepGetokTokens
+from getok_core.models.tokens import KeepGetokTokens
+from getok_core.rewards import setup_from_kwargs
+from getok_core.rewards.dialogue import advance, dialogue_over, refine_message, start_refinement
+from getok_core.rewards.frameworks import check_stage, flatten, score_batch, set_once
 
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -49,21 +51,22 @@ class GetokRefineAgentLoop(AgentLoopBase):
     ``stage``: ``refine`` (turn 1 + ``rounds`` offset rounds, refinement reward) or ``grid``
     (turn 1 only, grid reward). ``overlay``: add a picture of the current proposal (the image,
     the grid, the boxes and points, ``getok_core.evaluation.viz.render_overlay``) to each refinement user
-    turn. ``reward_kwargs``: as ``getok_core.rewards.core.setup_from_kwargs`` (``decoder``,
-    ``grid_size``, ``weights``, ...). Raises ValueError on a bad stage, rounds or reward kwargs."""
+    turn. ``reward_kwargs``: as ``getok_core.rewards.setup_from_kwargs`` (``decoder``,
+    ``grid_size``, ``weights``, ...; a ``stage`` there may only repeat ``stage``). Raises ValueError
+    on a bad stage, rounds or reward kwargs."""
 
     def __init__(self, *args, stage: str = "refine", rounds: int = 1, overlay: bool = False,
                  reward_kwargs=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if stage not in ("grid", "refine"):
-            raise ValueError(f"getok_refine: stage must be 'grid' or 'refine', got {stage!r}")
+        try:
+            check_stage(stage)
+        except ValueError as exc:
+            raise ValueError(f"getok_refine: {exc}") from None
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"getok_refine: rounds must be an int >= 1, got {rounds!r}")
-        rk = _plain(reward_kwargs)
-        if rk.get("stage", stage) != stage:
-            raise ValueError(f"getok_refine: reward_kwargs.stage {rk['stage']!r} differs from stage {stage!r}")
         self.stage, self.rounds, self.overlay = stage, rounds, bool(overlay)
-        self.setup = setup_from_kwargs({**rk, "stage": stage})
+        self.setup = setup_from_kwargs(set_once(_plain(reward_kwargs), "stage", stage, "getok_refine's stage",
+                                                "its reward_kwargs"))
         self.response_length = self.rollout_config.response_length
         self.text = KeepGetokTokens(self.tokenizer)  # decodes GETok tokens even when they are special
         end = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
@@ -80,28 +83,22 @@ class GetokRefineAgentLoop(AgentLoopBase):
         dlg = _Dialogue(ids=await self.ct_build_initial_tokens(messages, images=images), images=images,
                         request_id=f"det-{priority}" if full_det else uuid4().hex, priority=priority)
 
-        text = await self._model_turn(dlg, sampling_params)
-        state = start_refinement(text, self.setup.vocab)
-        offsets: list[str] = []
-        if self.stage == "refine" and state.refinable and not dlg.cut:
-            for _ in range(self.rounds):
-                messages.append({"role": "assistant", "content": offsets[-1] if offsets else text})
-                if not await self._user_turn(dlg, messages, state):
-                    break
-                offsets.append(await self._model_turn(dlg, sampling_params))
-                state = advance(state, offsets[-1], self.setup.vocab)
-                if dlg.cut or not state.refinable:
-                    break
+        turns = [await self._model_turn(dlg, sampling_params)]
+        state = start_refinement(turns[0], self.setup.vocab)
+        limit = 1 + self.rounds if self.stage == "refine" else 1
+        while not dialogue_over(state, len(turns), limit, dlg.cut):
+            messages.append({"role": "assistant", "content": turns[-1]})
+            if not await self._user_turn(dlg, messages, state):
+                break
+            turns.append(await self._model_turn(dlg, sampling_params))
+            state = advance(state, turns[-1], self.setup.vocab)
 
         with simple_timer("compute_score", dlg.metrics):  # a mask decoder may be slow: off the event loop
-            result = (await self.loop.run_in_executor(None, lambda: score_dialogues(
-                [stage_turns([text, *offsets], self.stage)], [truth], self.setup.vocab, self.setup.decoder,
-                self.setup.grid_weights, self.setup.refine_weights)))[0]
-        stop = state.stop_reason or (LENGTH if dlg.cut else "")
-        info = {"score": float(result.overall), **{k: float(v) for k, v in result.components.items()},
-                "stop_reason": stop}
-        if getattr(self.setup.decoder, "fallback", None) is not None:  # decoder=ray, fallback=region: every row
-            info["mask_fallback"] = float(result.details.get("mask_fallback", 0.0))
+            result = (await self.loop.run_in_executor(None, lambda: score_batch(
+                self.setup, [turns[-1]], [truth], dialogues=[turns])))[0]
+        # fixed keys per stage (mask_fallback on every row when the decoder has a fallback)
+        info = {**flatten(result, self.setup, overall_key="score"),
+                "stop_reason": state.stop_reason or (LENGTH if dlg.cut else "")}
         n = len(dlg.mask)
         extra = dict(dlg.server_fields)
         extra.update(reward_extra_info=info, turn_scores=[], tool_rewards=[])

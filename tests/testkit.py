@@ -47,3 +47,30 @@ def ground_truth(targets=(), *, size=SIZE, task: str = "seg", image_path: str = 
           "expression": expression, "no_target": not list(targets), "targets": list(targets),
           "ignore": None if ignore is None else encode_rle(np.asarray(ignore, bool)), "extra": dict(extra or {})}
     return groundtruth.dumps(gt)
+
+
+# ---------------------------------------------------------------------- references
+def naive_iou(a, b):
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+def naive_greedy(gt, proposals, tau=0.9, max_points=32):
+    """SPEC §4 written plainly over full bool arrays: the reference ``greedy_select`` is tested
+    and benchmarked against (tests/core/test_greedy.py, bench/bench_greedy.py)."""
+    gt = np.asarray(gt, bool)
+    if not gt.any() or len(proposals) == 0:
+        return [], 0.0
+    ious = [naive_iou(p, gt) for p in proposals]
+    order = sorted(range(len(proposals)), key=lambda k: (-ious[k], k))
+    union = np.zeros_like(gt)
+    chosen, best = [], 0.0
+    for k in order:
+        if best >= tau or len(chosen) >= max_points:
+            break
+        c = naive_iou(union | proposals[k], gt)
+        if c > best:
+            union = union | proposals[k]
+            chosen.append(k)
+            best = c
+    return chosen, best

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 
 from .text import as_text
 from .instance import Instance, InstanceCells, anchors, decode_instance, encode_instance
-from .vocab import DELETE, ELEMENTS, NONE, GetokVocab, Offset
+from .vocab import DELETE, ELEMENTS, NONE, NUMBERED_RE, GetokVocab, Offset
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 _TAG_RE = re.compile(r"<([^<>]{1,64})>")
-_NUM_RE = re.compile(r"(grid|OFF)\s*(-?\d{1,9})\s*,\s*(-?\d{1,9})\Z")
 _RANK = {kind: i for i, kind in enumerate(ELEMENTS)}
 _MIN_CELLS = {"point": (1, 1), "box": (2, 2), "seg": (1, None), "line": (2, None), "poly": (3, None)}
 _MAX_ERRORS = 50
@@ -156,7 +155,7 @@ def _classify(tag: str):
         return "none", None
     if t == "DELETE":
         return "delete", None
-    m = _NUM_RE.match(t)
+    m = NUMBERED_RE.match(t)
     if m:
         return m.group(1), (int(m.group(2)), int(m.group(3)))
     return "other", t

@@ -32,8 +32,10 @@ OFFSET_STEPS = (-1, 0, 1)
 #: despite float rounding (15 / 44 * 44 == 14.999...).
 EDGE_EPS = 1e-9
 
-_GRID_RE = re.compile(r"grid\s*(-?\d{1,9})\s*,\s*(-?\d{1,9})\Z")
-_OFF_RE = re.compile(r"OFF\s*(-?\d{1,9})\s*,\s*(-?\d{1,9})\Z")
+#: The inner text of a numbered token as readers accept it: ``grid`` or ``OFF``, then two integers
+#: (spaces tolerated: ``<grid 3, 4>`` reads as ``<grid3,4>``). Groups: kind, first, second.
+#: ``codec.text.TOKEN_PATTERN`` is the exact spelling ``tokens`` writes.
+NUMBERED_RE = re.compile(r"(grid|OFF)\s*(-?\d{1,9})\s*,\s*(-?\d{1,9})\Z")
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,10 @@ class GetokVocab:
 
     def token_cell(self, token: str) -> Cell | None:
         """Cell of a grid token, or None when ``token`` is not a grid token of this grid."""
-        m = _GRID_RE.match(token[1:-1]) if token[:1] == "<" and token[-1:] == ">" else None
-        if m is None:
+        m = NUMBERED_RE.match(token[1:-1]) if token[:1] == "<" and token[-1:] == ">" else None
+        if m is None or m.group(1) != "grid":
             return None
-        x, y = int(m.group(1)), int(m.group(2))
+        x, y = int(m.group(2)), int(m.group(3))
         if 0 <= x < self.grid_size and 0 <= y < self.grid_size:
             return x, y
         return None
@@ -92,10 +94,10 @@ class GetokVocab:
     @staticmethod
     def token_offset(token: str) -> Offset | None:
         """(dx, dy) of an offset token, or None when ``token`` is not one."""
-        m = _OFF_RE.match(token[1:-1]) if token[:1] == "<" and token[-1:] == ">" else None
-        if m is None:
+        m = NUMBERED_RE.match(token[1:-1]) if token[:1] == "<" and token[-1:] == ">" else None
+        if m is None or m.group(1) != "OFF":
             return None
-        dx, dy = int(m.group(1)), int(m.group(2))
+        dx, dy = int(m.group(2)), int(m.group(3))
         if dx in OFFSET_STEPS and dy in OFFSET_STEPS:
             return dx, dy
         return None

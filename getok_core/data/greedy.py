@@ -37,14 +37,14 @@ _PACK_BATCH = 64               # proposals packed per batch (bounds the temporar
 _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
-def _popcount_lut(words: np.ndarray) -> np.ndarray:
+def popcount_lut(words: np.ndarray) -> np.ndarray:
     """Set bits per uint64 word by a byte lookup table (numpy < 2 has no ``bitwise_count``)."""
     w = np.ascontiguousarray(words, np.uint64)
     return _POP8[w.view(np.uint8)].reshape(*w.shape, 8).sum(axis=-1, dtype=np.int64)
 
 
 #: Set bits per uint64 word (an integer array of the same shape).
-_popcount = getattr(np, "bitwise_count", _popcount_lut)
+popcount = getattr(np, "bitwise_count", popcount_lut)
 
 
 def index_to_cell(k: int, grid_size: int) -> tuple[int, int]:
@@ -181,7 +181,7 @@ class PackedProposals:
                 cols.argmax(axis=1), rows.argmax(axis=1),
                 w - cols[:, ::-1].argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)], axis=1), 0)
             tiles = _tiles_from_rows(packed_rows)
-            areas[i:i + nb] = _popcount(tiles).sum(axis=1, dtype=np.int64)
+            areas[i:i + nb] = popcount(tiles).sum(axis=1, dtype=np.int64)
             b_idx, t_idx = np.nonzero(tiles)                             # row-major: by proposal, tile
             ent_k.append(b_idx + i)
             ent_t.append(t_idx)
@@ -232,11 +232,11 @@ class PackedProposals:
         idx = _ranges(starts, stops)
         common = self.tile_bits[idx] & np.repeat(words, lengths)
         props = self.tile_prop[idx]
-        n_all = np.bincount(props, weights=_popcount(common), minlength=len(self)).astype(np.int64)
+        n_all = np.bincount(props, weights=popcount(common), minlength=len(self)).astype(np.int64)
         if within is None:
             return n_all, None
         common &= np.repeat(within[tiles], lengths)
-        n_in = np.bincount(props, weights=_popcount(common), minlength=len(self)).astype(np.int64)
+        n_in = np.bincount(props, weights=popcount(common), minlength=len(self)).astype(np.int64)
         return n_all, n_in
 
     def union_mask(self, indices) -> np.ndarray:
@@ -338,7 +338,7 @@ def _pack_meeting(m: np.ndarray, gt_mask, proposals):
 
 def _select(mt: np.ndarray, pp: PackedProposals, tau: float, max_points: int) -> tuple[list[int], float]:
     """The greedy loop over packed proposals, M given by its tile words ``mt``."""
-    m_area = int(_popcount(mt).sum(dtype=np.int64))
+    m_area = int(popcount(mt).sum(dtype=np.int64))
     if m_area == 0:
         return [], 0.0
     inter = pp._intersections(mt)                              # |P_k ∩ M|

@@ -358,8 +358,8 @@ class RaySamDecoder(MaskDecoder):
     is unavailable) are decoded by ``RegionDecoder`` here, reading ``image_root`` / the path.
     ``start``: ``ServiceConfig`` fields (``checkpoint`` needed): the app is started with them on
     first use when it is not running (with this ``image_root`` unless ``start`` names one).
-    Thread-safe: concurrent ``decode`` calls proceed in parallel. ``counters`` adds up what the service did for this client; ``fallbacks`` counts
-    masks decoded by the fallback.
+    Thread-safe: concurrent ``decode`` calls proceed in parallel. ``counters`` adds up what the
+    service did for this client; ``fallbacks`` counts masks decoded by the fallback.
     """
 
     name = "ray"

@@ -2,6 +2,7 @@
 work (``worker``), mask proposals per grid point (``proposals``), the local engine and the
 outputs (``engine``), the Ray Data engine (``ray_engine``)."""
 
-from .engine import FORMATS, PrepareConfig, prepare
+from .config import FORMATS, PrepareConfig
+from .engine import prepare
 
 __all__ = ["FORMATS", "PrepareConfig", "prepare"]

@@ -26,207 +26,23 @@ Output folder::
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..data import groundtruth
 from ..data import writers
-from ..codec.answer import format_answer
-from ..data.greedy import PackedProposals, greedy_select, index_to_cell
-from ..codec.instance import Instance, instance_to_dict
 from ..data.loaders import load_dataset
-from ..data.masks import decode_rle, mask_box
-from ..data.offsets import CATEGORIES, sample_refinement, stable_seed
-from .proposals import ProposalCache, RegionProposer, SamProposer, Sam2Proposer, to_rgb
+from ..data.offsets import CATEGORIES
 from ..data.records import Sample, Skipped
 from ..data.store import RecordStore, atomic_path, read_records
-from ..codec.vocab import GetokVocab
-
-FORMATS = ("swift", "easyr1", "verl")
-
-
-@dataclass
-class PrepareConfig:
-    """Settings of one preparation run. Everything but ``out``, ``workers``, ``shard``,
-    ``progress`` and the engine settings (``engine``, ``ray_*``, ``*_per_actor``: see
-    ``prepare_ray``) is part of the output's identity (``config.json``)."""
-
-    dataset: str
-    root: str
-    out: str
-    split: str | None = None
-    proposals: str = "region"            # region | sam | sam2
-    region_method: str = "felzenszwalb"  # felzenszwalb | slic
-    sam_checkpoint: str | None = None
-    sam_model: str = "vit_h"             # segment-anything model type, or a SAM 2 config
-    device: str = "cpu"
-    grid_size: int = 32
-    tau: float = 0.9
-    max_points: int = 32
-    refine_k: int = 16
-    template: int | str = 0
-    seed: int = 0
-    formats: tuple[str, ...] = FORMATS
-    workers: int = 1
-    shard: tuple[int, int] = (0, 1)
-    progress: bool = True
-    engine: str = "local"                # local | ray (getok_core.prepare.ray_engine)
-    ray_address: str | None = None       # ray.init address: "auto", "host:6379"; None: Ray's default
-    ray_actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-
-    def identity(self) -> dict:
-        d = asdict(self)
-        for k in ("out", "workers", "shard", "progress", "engine", "ray_address", "ray_actors",
-                  "gpus_per_actor", "cpus_per_actor"):
-            d.pop(k)
-        d["formats"] = list(d["formats"])
-        d["shards"] = self.shard[1]
-        return d
-
-
-# ---------------------------------------------------------------------- samples <-> JSON
-def sample_to_dict(s: Sample) -> dict:
-    d = asdict(s)
-    d["targets"] = [groundtruth.target_to_dict(t) for t in s.targets]
-    d["image_size"] = list(s.image_size)
-    return d
-
-
-def sample_from_dict(d: dict) -> Sample:
-    d = dict(d)
-    d["targets"] = [groundtruth.target_from_dict(t) for t in d["targets"]]
-    d["image_size"] = tuple(d["image_size"])
-    return Sample(**d)
-
-
-def _skip_record(sample: Sample, field_: str, reason: str) -> dict:
-    return {"sample_id": sample.sample_id, "status": "skipped", "source": sample.image_path,
-            "field": field_, "reason": reason}
-
-
-# ---------------------------------------------------------------------- one image
-class ImageWorker:
-    """Turns the samples of one image into records. Holds the proposer and the cache."""
-
-    def __init__(self, cfg: PrepareConfig):
-        self.cfg = cfg
-        self.vocab = GetokVocab(cfg.grid_size)
-        self.cache = ProposalCache(Path(cfg.out) / "proposals")
-        self._proposer = None
-
-    @property
-    def proposer(self):
-        if self._proposer is None:
-            c = self.cfg
-            if c.proposals == "region":
-                self._proposer = RegionProposer(c.region_method)
-            elif c.proposals == "sam":
-                self._proposer = SamProposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device)
-            elif c.proposals == "sam2":
-                self._proposer = Sam2Proposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device)
-            else:
-                raise ValueError(f"unknown proposals {c.proposals!r}: region, sam or sam2")
-        return self._proposer
-
-    def __call__(self, samples: list[Sample]) -> list[dict]:
-        first = samples[0]
-        needs_masks = any(s.task == "seg" and s.targets for s in samples)
-        packed = None
-        if needs_masks:
-            try:
-                image = _load_image(first.image_path)
-            except Exception as exc:  # unreadable image: every sample of it is skipped, with the reason
-                return [_skip_record(s, "image_path", f"image unreadable: {type(exc).__name__}: {exc}")
-                        for s in samples]
-            h, w = image.shape[:2]
-            bad = [s for s in samples if tuple(s.image_size) != (w, h)]
-            good = [s for s in samples if tuple(s.image_size) == (w, h)]
-            records = [_skip_record(s, "image_size", f"annotated size {tuple(s.image_size)} != image size {(w, h)}")
-                       for s in bad]
-            if not good:
-                return records
-            n = self.cfg.grid_size
-            props = self.cache.get_or_compute(first.image_key, self.proposer.tag, n,
-                                              lambda: self.proposer(image, n))
-            packed = PackedProposals.from_rles(props.rles)
-            return records + [self.sample_record(s, packed) for s in good]
-        return [self.sample_record(s, packed) for s in samples]
-
-    def sample_record(self, s: Sample, packed) -> dict:
-        cfg, vocab = self.cfg, self.vocab
-        instances: list[Instance] = []
-        ious: list[float] = []
-        points_per_mask: list[int] = []
-        refine = None
-        for j, t in enumerate(s.targets):
-            field_ = f"targets[{j}]"
-            if s.task == "seg":
-                if t.mask is None:
-                    return _skip_record(s, field_ + ".mask", "seg target without a mask")
-                mask = decode_rle(t.mask)
-                idx, iou = greedy_select(mask, packed, cfg.tau, cfg.max_points)
-                if not idx:
-                    return _skip_record(s, field_ + ".mask", "no proposal overlaps the mask")
-                box = t.box if t.box is not None else mask_box(mask)
-                pts = [vocab.cell_point(index_to_cell(k, vocab.grid_size)) for k in idx]
-                instances.append(Instance(box=box, points=pts))
-                ious.append(iou)
-                points_per_mask.append(len(idx))
-                if len(s.targets) == 1:
-                    ref = sample_refinement(mask, vocab, k=cfg.refine_k, box=box,
-                                            rng=stable_seed(cfg.seed, s.sample_id))
-                    if ref is not None:
-                        refine = {"turn1": ref.turn1_text, "turn2": ref.turn2_text,
-                                  "categories": list(ref.categories)}
-            elif s.task == "box":
-                if t.box is None:
-                    return _skip_record(s, field_ + ".box", "box target without a box")
-                instances.append(Instance(box=t.box))
-            elif s.task == "point":
-                if not t.points:
-                    return _skip_record(s, field_ + ".points", "point target without points")
-                instances += [Instance(point=p) for p in t.points]
-            elif s.task == "line":
-                if t.polyline is None:
-                    return _skip_record(s, field_ + ".polyline", "line target without a polyline")
-                instances.append(Instance(polyline=t.polyline))
-        try:
-            answer = format_answer(instances, vocab)
-            groundtruth.make_ground_truth(s)
-        except ValueError as exc:  # a degenerate polyline, an invalid ground truth...
-            return _skip_record(s, "targets", str(exc))
-        return {"sample_id": s.sample_id, "status": "ok", "sample": sample_to_dict(s), "answer": answer,
-                "instances": [instance_to_dict(i, ndigits=9) for i in instances],
-                "achieved_iou": ious, "points_per_mask": points_per_mask, "refine": refine}
-
-
-def _load_image(path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) pixels, EXIF orientation applied (the frame annotations use)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return to_rgb(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
-
-
-_WORKER: ImageWorker | None = None
-
-
-def _init_worker(cfg):
-    global _WORKER
-    _WORKER = ImageWorker(cfg)
-
-
-def _work(samples):
-    return _WORKER(samples)
+from .config import FORMATS, PrepareConfig
+from .worker import ImageWorker, init_process_worker, process_work, sample_from_dict
 
 
 # ---------------------------------------------------------------------- the run
@@ -305,8 +121,8 @@ def prepare(cfg: PrepareConfig, log=print) -> dict | None:
     elif cfg.workers > 1 and cfg.proposals == "region":
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(cfg.workers, _init_worker, (cfg,)) as pool:
-            for recs in pool.imap(_work, todo, chunksize=1):
+        with mp.get_context("fork").Pool(cfg.workers, init_process_worker, (cfg,)) as pool:
+            for recs in pool.imap(process_work, todo, chunksize=1):
                 store.write(recs)
                 bar.update(1)
     else:
@@ -427,5 +243,4 @@ def summarize(records: list[dict], loader_skips: list[Skipped], rows: dict[str, 
     }
 
 
-__all__ = ["PrepareConfig", "prepare", "write_outputs", "summarize", "ImageWorker", "FORMATS",
-           "sample_to_dict", "sample_from_dict"]
+__all__ = ["prepare", "write_outputs", "summarize", "FORMATS", "PrepareConfig", "ImageWorker"]

@@ -4,9 +4,9 @@
 and hands the remaining image groups to ``ray_records``. Each group (the samples of one image) is
 one row of ``ray.data.from_items``, in a block of its own; ``map_batches`` sends the rows, one at a
 time, to a fixed pool of ``ray_actors`` actors (``ActorPoolStrategy``), each reserving
-``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs and holding one ``ImageWorker``: the very
-code of the local engine, its proposer loaded once per actor, its proposals cached in
-``OUT/proposals``. The records of each image stream back to the driver as soon as it is done (in
+``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs and holding one ``ImageWorker``
+(``getok_core.prepare.worker``): the very code of the local engine, its proposer loaded once per
+actor, its proposals cached in ``OUT/proposals``. The records of each image stream back to the driver as soon as it is done (in
 completion order) and the driver appends them to the same records file, so an interrupted run
 resumes exactly as a local one, and the final files, written from the records sorted by sample id,
 are byte-identical to ``--engine local`` whatever the actor count (given the same device: SAM on a
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import pickle
 from typing import Iterator
+
+from .worker import ImageWorker
 
 #: Rows of the Ray dataset: the pickled ``list[Sample]`` of one image, and its pickled records.
 SAMPLES, RECORDS = "samples", "records"
@@ -61,8 +63,6 @@ class RayImageWorker:
     image groups, the result their pickled records (one list per group, same order)."""
 
     def __init__(self, cfg):
-        from .engine import ImageWorker
-
         self.worker = ImageWorker(cfg)
 
     def __call__(self, batch: dict) -> dict:

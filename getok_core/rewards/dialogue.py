@@ -28,9 +28,10 @@ from typing import Sequence
 
 from ..codec.answer import ANSWER_CLOSE, ANSWER_OPEN, parse_answer
 from ..codec.instance import Instance, anchors
-from .core import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights,
-                      RewardParams, RewardResult, refined_instances, score_grid_batch, score_refine_batch,
-                      weights_from)
+from .grid import score_grid_batch
+from .params import (DEFAULT_PARAMS, GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights, RewardParams,
+                     RewardResult, weights_from)
+from .refine import refined_instances, score_refine_batch
 from ..codec.text import as_text, strip_trailing_specials
 from ..codec.vocab import GetokVocab
 from ..data.writers import REFINE_PROMPT

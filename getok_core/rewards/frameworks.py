@@ -66,8 +66,8 @@ def set_once(kwargs: Mapping, key: str, value, source: str, kwargs_source: str) 
             except (TypeError, ValueError):
                 same = False
         if not same:
-            raise ValueError(f"{key} is set twice with different values: {source}={value!r} and "
-                             f"{kwargs_source} {key}={other!r}; set it once ({source})")
+            raise ValueError(f"{key} is set twice with different values: {value!r} by {source}, {other!r} by "
+                             f"{kwargs_source}; set it once ({source})")
     out[key] = value
     return out
 

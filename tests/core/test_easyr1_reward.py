@@ -155,10 +155,13 @@ def test_bad_configuration_raises(easyr1):
         easyr1.grid_reward(inputs, decoder="nonexistent")
     with pytest.raises(ValueError):
         easyr1.grid_reward(inputs, weights={"bogus": 1})
+    with pytest.raises(ValueError, match="stage"):
+        easyr1.grid_reward(inputs, stage="refine")  # the function is the stage: a kwarg may only repeat it
+    assert easyr1.refine_reward(inputs, stage="refine")[0]["overall"] == 0.0
 
 
 def test_decoder_built_once(easyr1):
-    from getok_core.rewards.core import cached_decoder
+    from getok_core.rewards import cached_decoder
 
     a = cached_decoder("region", mode="union")
     easyr1.grid_reward([{"response": "", "response_length": 0, "ground_truth": gt()}], decoder="region", mode="union")

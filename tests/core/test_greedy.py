@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
+from testkit import naive_greedy, naive_iou
+
 from getok_core.data.greedy import PackedProposals, greedy_select, index_to_cell
 from getok_core.data.masks import encode_rle
 
@@ -13,32 +15,7 @@ from getok_core.data.masks import encode_rle
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-# ---------------------------------------------------------------------------- reference
-def naive_iou(a, b):
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
-
-
-def naive_greedy(gt, proposals, tau=0.9, max_points=32):
-    """SPEC §4 written plainly over full bool arrays."""
-    gt = np.asarray(gt, bool)
-    if not gt.any() or len(proposals) == 0:
-        return [], 0.0
-    ious = [naive_iou(p, gt) for p in proposals]
-    order = sorted(range(len(proposals)), key=lambda k: (-ious[k], k))
-    union = np.zeros_like(gt)
-    chosen, best = [], 0.0
-    for k in order:
-        if best >= tau or len(chosen) >= max_points:
-            break
-        c = naive_iou(union | proposals[k], gt)
-        if c > best:
-            union = union | proposals[k]
-            chosen.append(k)
-            best = c
-    return chosen, best
-
-
+# ---------------------------------------------------------------------------- reference: testkit.naive_greedy
 def coco_iou(gt, proposals, chosen):
     """IoU of the union of the chosen proposals with gt, by pycocotools."""
     union = np.zeros_like(gt)
@@ -279,10 +256,10 @@ def test_popcount_fallback_and_lut_path(monkeypatch):
     rng = np.random.default_rng(3)
     words = rng.integers(0, 2**63, size=(5, 7), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     expected = [[bin(int(x)).count("1") for x in row] for row in words]
-    assert greedy._popcount_lut(words).tolist() == expected
-    assert greedy._popcount(words).tolist() == expected
+    assert greedy.popcount_lut(words).tolist() == expected
+    assert greedy.popcount(words).tolist() == expected
     gt, props = random_scene(11, 40, 56, 6, "shapes", 0.2)
-    monkeypatch.setattr(greedy, "_popcount", greedy._popcount_lut)
+    monkeypatch.setattr(greedy, "popcount", greedy.popcount_lut)
     assert greedy_select(gt, props) == naive_greedy(gt, props)
 
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from getok_core import GetokVocab, parse_answer, parse_offsets
 from getok_core.data import groundtruth
-from getok_core.prepare.engine import ImageWorker, PrepareConfig, prepare
+from getok_core.prepare import PrepareConfig, prepare
+from getok_core.prepare.worker import ImageWorker
 from getok_core.data.sample_data import write_sample_dataset
 
 V = GetokVocab()

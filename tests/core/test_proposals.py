@@ -8,9 +8,11 @@ import logging
 import numpy as np
 import pytest
 
+from getok_core.data.images import to_rgb
 from getok_core.data.masks import decode_rle, encode_rle, mask_iou
+from getok_core.decoders.region import region_params
 from getok_core.prepare.proposals import (ProposalCache, Proposals, RegionProposer, grid_pixels, grid_points,
-                                  region_method_tag, region_params, region_proposals, to_rgb)
+                                          region_method_tag, region_proposals)
 
 
 def synthetic(h=48, w=64, scale=1):

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from getok_core import GetokVocab, format_offsets
 from getok_core.data.masks import encode_rle
-from getok_core.rewards.dialogue import (STOP_REASONS, RefineState, advance, refine_message, score_dialogues,
-                               stage_turns, start_refinement)
-from getok_core.rewards.core import GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch
+from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch
+from getok_core.rewards.dialogue import (STOP_REASONS, RefineState, advance, dialogue_over, refine_message, replay,
+                                         score_dialogues, split_transcript, stage_turns, start_refinement)
 from getok_core.data.writers import REFINE_PROMPT
 
 V = GetokVocab(grid_size=10, offset_rounds=2)
@@ -209,3 +209,31 @@ def test_clean_answer_strips_trailing_end_of_turn_specials_only():
     assert clean_answer("<|im_end|>" + PROPOSAL) == "<|im_end|>" + PROPOSAL  # only at the end
     assert clean_answer(None) == "" and clean_answer(b"x<|im_end|>") == "x"
     assert start_refinement(PROPOSAL + "<|im_end|>", V).refinable
+
+
+# ---------------------------------------------------------------------- the turn loop the frameworks share
+def test_replay_is_start_then_advance_per_round():
+    t2, t3 = offs((1, 0)), offs((0, 1))
+    assert replay([PROPOSAL, t2, t3], V) == advance(advance(start_refinement(PROPOSAL, V), t2, V), t3, V)
+    assert replay([PROPOSAL], V) == start_refinement(PROPOSAL, V)
+    assert replay([], V) == start_refinement("", V) and replay([], V).stop_reason == "unparsable"
+    assert replay(["garbage", t2], V).stop_reason == "unparsable"  # a stopped state stays stopped
+
+
+def test_dialogue_over():
+    s = start_refinement(PROPOSAL, V)
+    assert not dialogue_over(s, 1, 2) and dialogue_over(s, 2, 2) and dialogue_over(s, 1, 1)
+    assert dialogue_over(s, 1, 3, cut=True)
+    assert dialogue_over(start_refinement("<answer><none></answer>", V), 1, 3)
+    deleted = advance(start_refinement("<answer><seg><grid5,4></seg></answer>", V), format_offsets([[None]], V), V)
+    assert deleted.stop_reason == "no_points" and dialogue_over(deleted, 2, 3)
+
+
+def test_split_transcript():
+    t2 = offs((0, 0))
+    transcript = PROPOSAL + "user\nRefine each point.\nassistant\n" + t2
+    first, rest = split_transcript(transcript)
+    assert first == PROPOSAL[PROPOSAL.index("<answer>"):] and rest == "user\nRefine each point.\nassistant\n" + t2
+    assert split_transcript(PROPOSAL) == (None, PROPOSAL)  # one answer block: a single answer
+    assert split_transcript("<answer><answer>") == (None, "<answer><answer>")  # never closed
+    assert split_transcript(None) == (None, "") and split_transcript(b"x") == (None, "x")

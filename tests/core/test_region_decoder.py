@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from getok_core.codec.coords import box_pixel_mask, point_pixel
-from getok_core.decoders.base import ByteLRUCache, DecodeGroup, DecoderCounters, make_decoder
 from getok_core.codec.instance import Instance
-from getok_core.prepare.proposals import grid_pixels, region_labels, region_proposals
-from getok_core.decoders.region import ENTRY_OVERHEAD_BYTES, RegionDecoder, compact_labels
+from getok_core.decoders import make_decoder
+from getok_core.decoders.base import ByteLRUCache, DecodeGroup, DecoderCounters
+from getok_core.decoders.region import ENTRY_OVERHEAD_BYTES, RegionDecoder, compact_labels, region_labels
+from getok_core.prepare.proposals import grid_pixels, region_proposals
 
 H, W = 48, 64
 BG, RED, BLUE = (120, 130, 140), (220, 40, 40), (40, 60, 210)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -187,3 +188,101 @@ def test_recipe_names_are_registered(tmp_path):
                   "--reward_funcs": orms, "--multi_turn_scheduler": multi_turns}
     missing = [(flag, name) for flag, name in sorted(names) if name not in registries[flag]]
     assert not missing, f"not registered by swift_plugin/register.py: {missing}"
+
+
+# ---------------------------------------------------------------------- rerunnable into the same OUT
+def removed_before(commands: list[list[str]], index: int, path: str) -> bool:
+    """Whether a command before ``commands[index]`` is an ``rm`` of ``path`` or of a folder above it."""
+    for argv in commands[:index]:
+        if argv[:1] == ["rm"]:
+            targets = [a for a in argv[1:] if not a.startswith("-")]
+            if any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("recipe, env", [
+    ("eval.sh", {"SPLITS": "val testA", "OUT": "/o/e"}),
+    ("eval.sh", {"ADAPTERS": "/ck/checkpoint-3", "INFER_BACKEND": "transformers", "OUT": "/o/e"}),
+    ("cold_start_swift.sh", {"SFT_CKPT": "/ck/checkpoint-9", "OUT": "/o/cold"}),
+    ("grpo_swift.sh", {"OUT": "/o/g", "MASK_DECODER": "none"}),
+    ("sft_swift.sh", {"OUT": "/o/sft"}),
+])
+def test_recipes_clear_what_a_rerun_appends_to(tmp_path, recipe, env):
+    """Every recipe is rerunnable into the same output folder: before a command that appends to a
+    file (swift infer --result_path) or refuses an existing one (swift export --output_dir; swift
+    sft / rlhf --add_version false, whose `last` link already exists), the recipe removes it;
+    swift sft with versioning on writes a new vN-... folder each run; getok eval's report folder is
+    cleared too."""
+    commands = dry_run(recipe, tmp_path, **env)
+    checked = 0
+    for i, argv in enumerate(commands):
+        _, cmd = split_env(argv)
+        while cmd and re.fullmatch(r"[A-Z_]+=.*", cmd[0]):   # sft_swift.sh prints `K=V ... swift sft`
+            cmd = cmd[1:]
+        if cmd[:2] == ["getok", "eval"]:
+            assert removed_before(commands, i, cmd[cmd.index("--out") + 1]), cmd
+            checked += 1
+        if not cmd or Path(cmd[0]).name != "swift":
+            continue
+        ns = check_args(cmd[1], cmd[2:])
+        if cmd[1] == "infer":
+            assert removed_before(commands, i, ns.result_path), f"{recipe}: {ns.result_path} is appended to"
+        elif cmd[1] == "export":
+            assert removed_before(commands, i, ns.output_dir), f"{recipe}: {ns.output_dir} exists on a rerun"
+        elif ns.add_version is False:
+            assert removed_before(commands, i, ns.output_dir), f"{recipe}: {ns.output_dir}/last exists on a rerun"
+        else:
+            assert ns.add_version is True   # ms-swift writes OUT/vN-TIMESTAMP: a new folder per run
+        checked += 1
+    assert checked
+
+
+FAKE_SWIFT = r"""#!/usr/bin/env bash
+# Stand-in for the swift CLI with ms-swift 4.6's behaviour on existing outputs: export refuses an
+# existing --output_dir (FileExistsError), sft / rlhf with --add_version false fail when the `last`
+# link exists (os.symlink at the end of training). Every call is logged.
+sub=$1; shift
+echo "$sub $*" >> "$FAKE_SWIFT_LOG"
+out=
+while [ $# -gt 0 ]; do [ "$1" = "--output_dir" ] && out=$2; shift; done
+case $sub in
+  export) if [ -e "$out" ]; then echo "args.output_dir: $out already exists." >&2; exit 1; fi
+          mkdir -p "$out" && echo '{}' > "$out/config.json" ;;
+  sft|rlhf) if [ -e "$out/last" ]; then echo "FileExistsError: $out/last" >&2; exit 1; fi
+          mkdir -p "$out/checkpoint-1" && ln -s "$out/checkpoint-1" "$out/last" ;;
+esac
+"""
+
+
+def run_with_fake_swift(recipe: str, tmp_path: Path, **env) -> list[str]:
+    fake = tmp_path / "fake_swift"
+    fake.write_text(FAKE_SWIFT)
+    fake.chmod(0o755)
+    log = tmp_path / "swift_calls.log"
+    log.unlink(missing_ok=True)
+    full = {**os.environ, "SWIFT": str(fake), "FAKE_SWIFT_LOG": str(log), "DRY_RUN": "0",
+            **{k: str(v) for k, v in env.items()}}
+    proc = subprocess.run(["bash", str(REPO / "recipes" / recipe)], cwd=tmp_path, env=full,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.split()[0] for line in log.read_text().splitlines()]
+
+
+def test_cold_start_and_grpo_swift_rerun(tmp_path):
+    """The swift recipes run twice into one OUT against a swift that refuses existing outputs as
+    ms-swift does; the merged SFT model is reused only for the same SFT checkpoint."""
+    out = tmp_path / "cold"
+    env = {"OUT": out, "SFT_CKPT": "/ck/v0-x/checkpoint-9", "PREPARED": tmp_path, "NPROC": 1}
+    assert run_with_fake_swift("cold_start_swift.sh", tmp_path, **env) == ["export", "sft", "export"]
+    assert run_with_fake_swift("cold_start_swift.sh", tmp_path, **env) == ["sft", "export"]   # sft-merged reused
+    assert (out / "sft-merged" / ".getok-source").read_text().strip() == "/ck/v0-x/checkpoint-9"
+    env["SFT_CKPT"] = "/ck/v1-y/checkpoint-20"     # a new SFT run: merged again
+    assert run_with_fake_swift("cold_start_swift.sh", tmp_path, **env) == ["export", "sft", "export"]
+    genv = {"OUT": tmp_path / "grpo", "MODEL": out / "merged", "PREPARED": tmp_path, "MASK_DECODER": "none", "NPROC": 1}
+    for _ in range(2):
+        assert run_with_fake_swift("grpo_swift.sh", tmp_path, **genv) == ["rlhf", "export", "rlhf", "export"]
+    # a stage never deletes the model it starts from
+    fake_env = {**genv, "STAGES": "refine", "MODEL": tmp_path / "grpo" / "refine" / "merged"}
+    with pytest.raises(AssertionError, match="which stage refine replaces"):
+        run_with_fake_swift("grpo_swift.sh", tmp_path, **fake_env)

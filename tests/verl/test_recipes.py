@@ -233,3 +233,30 @@ def test_stage2_uses_stage1_proposals(tmp_path):
     ov1 = dict(o.split("=", 1) for o in after(stage1, "verl.trainer.main"))
     assert ov1["worker.reward.reward_function"].endswith("easyr1_plugin/reward.py:grid_reward")
     assert ov1["data.format_prompt"].endswith("easyr1_plugin/format_prompt/getok_grid.jinja")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipes_never_append(recipe):
+    """Rerunnable into the same output folder: no recipe appends to a file (`>>`, `tee -a`); the
+    ms-swift outputs that would be appended to or refused are removed first
+    (tests/swift/test_recipe_args.py, tests/swift/test_quickstart_rerun.py)."""
+    code = "\n".join(line.split("#", 1)[0] for line in recipe.read_text().splitlines())
+    assert ">>" not in code and "tee -a" not in code
+
+
+def test_easyr1_and_verl_reruns_resume(tmp_path):
+    """A rerun of the EasyR1 / verl recipes into the same OUT resumes from the last checkpoint there
+    (EasyR1's trainer.find_last_checkpoint and verl's trainer.resume_mode=auto, both defaults, are
+    left on), and each merge replaces its output: EasyR1's merged link with `ln -sfn`, verl's
+    model_merger writing into --target_dir."""
+    for recipe, trainer in (("grpo_stage1_easyr1.sh", "verl.trainer.main"), ("grpo_stage2_easyr1.sh", "verl.trainer.main"),
+                            ("grpo_verl.sh", "verl.trainer.main_ppo")):
+        commands = dry_run(recipe, tmp_path, OUT=tmp_path / "o", MASK_DECODER="none")
+        for c in commands:
+            if trainer in c:
+                keys = {o.split("=", 1)[0].lstrip("+") for o in after(c, trainer)}
+                assert not keys & {"trainer.find_last_checkpoint", "trainer.load_checkpoint_path",
+                                   "trainer.resume_mode", "trainer.resume_from_path"}, recipe
+        links = [c for c in commands if c[:1] == ["ln"]]
+        assert all(c[:2] == ["ln", "-sfn"] for c in links), links
+    assert compose_verl([]).trainer.resume_mode == "auto"
