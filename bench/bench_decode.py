@@ -14,7 +14,7 @@ so responses differ as sampled answers do. Times, in one run on the same model:
   ours-union SamDecoder in union mode (cold cache; more prompts: one per point);
   region     RegionDecoder (no weights; felzenszwalb), cold, then warm.
 
-Models (``--encoder``): ``tiny``, the tiny random SAM of getok_core/tiny_sam.py (real
+Models (``--encoder``): ``tiny``, the tiny random SAM of getok_core/decoders/tiny_sam.py (real
 segment-anything code, a 256 px encoder of 2 narrow blocks), and ``vit_b_width``, the same SAM
 with its encoder replaced by segment-anything's ``ImageEncoderViT`` of vit_b's width and depth
 (still at 256 px, random weights). Both decode prompts at the same cost, which is identical for
@@ -249,7 +249,7 @@ def main(argv=None):
             rows, ours, ref, enc_t = bench_sam(sam, requests, args)
             warm_t = rows[2][1]
             print()
-            print(f"SAM = tiny SAM (getok_core/tiny_sam.py)"
+            print(f"SAM = tiny SAM (getok_core/decoders/tiny_sam.py)"
                   + (" with a vit_b-width encoder (bench_decode.vit_b_width_encoder)" if enc != "tiny" else "")
                   + f": set_image {1000 * enc_t:.1f} ms / image; warm decoding "
                   f"{1000 * warm_t / rows[2][3]:.2f} ms / prompt")

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from getok_core.prepare.engine import PrepareConfig, prepare
+from getok_core.prepare import PrepareConfig, prepare
 from getok_core.data.sample_data import write_sample_dataset
 
 

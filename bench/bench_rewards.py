@@ -16,6 +16,10 @@ an object is missed, a spurious instance added, or the answer broken. Times, on 
                       is installed, and a trivial box-fill decoder that only measures the reward's
                       own overhead around decoding (IoU, grouping)
   refine              ``score_refine_batch`` on offset answers (no mask)
+  huge inputs         ``score_grid`` + ``score_refine`` of one huge or degenerate response each
+                      (5000 answer lines, 50000 repeated cells, 300000 ``<``, ...): time linear in
+                      the input, each well under 10 s (tests/core/test_rewards.py checks their
+                      values, this row their time)
 
 Every time is the best of a few runs (the machine may be shared), the median over steps is shown.
 Usage: ``python bench/bench_rewards.py [--steps 5] [--seed 0] [--quick]``. Prints a table.
@@ -33,10 +37,10 @@ import time
 import numpy as np
 
 from getok_core import GetokVocab, Instance, format_answer, format_offsets
-from getok_core.decoders.base import DecodeGroup, MaskDecoder
+from getok_core.decoders import DecodeGroup, MaskDecoder, make_decoder
 from getok_core.data.masks import encode_rle, mask_box
 from getok_core.data import groundtruth
-from getok_core.rewards.core import clear_cache, score_grid_batch, score_refine_batch
+from getok_core.rewards import clear_cache, score_grid, score_grid_batch, score_refine, score_refine_batch
 
 W, H = 640, 480
 THINKS = ["The target is the object described.", "I look for the shape on the left side.",
@@ -69,11 +73,11 @@ def _scene(rng: np.random.Generator, n_obj: int = 3):
     return img, masks
 
 
-def _ground_truth(i: int, path: str, masks) -> str:
+def _ground_truth(i: int, path: str, masks, size=(W, H)) -> str:
     targets = [{"mask": encode_rle(m), "box": [round(float(t), 6) for t in mask_box(m)], "points": [],
                 "polyline": None} for m in masks]
     return json.dumps({"version": 1, "sample_id": f"bench/{i}", "image_key": os.path.basename(path),
-                       "image_path": path, "image_size": [W, H], "task": "seg", "expression": "the object",
+                       "image_path": path, "image_size": list(size), "task": "seg", "expression": "the object",
                        "no_target": False, "targets": targets, "ignore": None, "extra": {}})
 
 
@@ -178,8 +182,6 @@ def main(argv=None) -> int:
     region = None
     region_note = ""
     try:
-        from getok_core.decoders.base import make_decoder
-
         region = make_decoder("region")
     except Exception as exc:  # not installed yet, or it needs arguments
         region_note = f"region decoder unavailable: {type(exc).__name__}: {exc}"
@@ -225,7 +227,37 @@ def main(argv=None) -> int:
         print(f"{name:58s} {np.median(ts):10.1f} {ts.max():8.1f} {np.median(ts) / 128 * 1e3:16.0f}")
     if region_note:
         print(region_note)
+    print(f"\n{'huge input (score_grid + score_refine)':58s} {'ms':>10s}")
+    for name, t in huge_inputs():
+        print(f"{name:58s} {t * 1e3:10.1f}")
     return 0
+
+
+PERFECT = "<box><grid2,3><grid5,6></box><seg><grid3,4><grid4,5><grid3,5></seg>"
+
+
+def huge_inputs() -> list[tuple[str, float]]:
+    """(case, seconds) of scoring each huge or degenerate response once, grid and refine stage,
+    against a one-target ground truth on a 10 x 10 grid."""
+    vocab = GetokVocab(grid_size=10)
+    m = np.zeros((100, 100), bool)
+    m[35:65, 25:55] = True
+    gt = _ground_truth(0, "huge.png", [m], size=(100, 100))
+    proposal = format_answer([Instance(box=(0.25, 0.35, 0.55, 0.65), points=[(0.35, 0.45), (0.45, 0.55)])], vocab,
+                             think="t")
+    cases = {"5000 answer lines": "<think>a</think><answer>" + (PERFECT + "\n") * 5000 + "</answer>",
+             "a 20000-vertex line": "<answer><line>" + "".join(f"<grid{i % 10},{i * 7 % 10}>" for i in range(20000))
+             + "</line></answer>",
+             "50000 repeated seg cells": "<answer><box><grid1,1><grid2,2></box><seg>" + "<grid1,1>" * 50000
+             + "</seg></answer>",
+             "100000 repeated sentences": "It is. " * 100000, "300000 '<'": "<" * 300000,
+             "50000 bare grid tokens": "<grid1,1>" * 50000}
+    out = []
+    for name, text in cases.items():
+        clear_cache()
+        t, _ = _time(lambda: (score_grid(text, gt, vocab), score_refine(text, gt, vocab, proposal=proposal)))
+        out.append((name, t))
+    return out
 
 
 if __name__ == "__main__":

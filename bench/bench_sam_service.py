@@ -76,7 +76,7 @@ def make_step(root, tag, n_images, n_responses, size, vocab):
 
 def run_step(decoders, res, gts, vocab):
     """Score the step with one thread per decoder (worker c: samples c, c + C, ...); (results, s)."""
-    from getok_core.rewards.core import score_grid_batch
+    from getok_core.rewards import score_grid_batch
 
     n = len(decoders)
     out = [None] * n
@@ -114,8 +114,8 @@ def main(argv=None):
     from ray import serve
 
     from getok_core import GetokVocab
-    from getok_core.prepare.proposals import load_sam
     from getok_core.decoders.sam import SamDecoder
+    from getok_core.decoders.sam_models import load_sam
     from getok_core.decoders.service import RaySamDecoder, serve_sam
     from getok_core.decoders.tiny_sam import save_tiny_sam
 

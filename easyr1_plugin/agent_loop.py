@@ -39,7 +39,7 @@ from getok_core.rewards.frameworks import check_stage, flatten, score_batch, set
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
-#: Why a dialogue stopped before its last round, beyond ``refine.STOP_REASONS``: the
+#: Why a dialogue stopped before its last round, beyond ``dialogue.STOP_REASONS``: the
 #: ``response_length`` budget ran out (a model turn was cut, or no room was left for the next one).
 LENGTH = "length"
 

@@ -81,7 +81,7 @@ _lock = threading.Lock()
 
 def _with_run_grid_size(kwargs: dict, source: str) -> dict:
     """``kwargs`` with the run's grid size (``GETOK_GRID_SIZE``); ValueError if they disagree."""
-    where = ENV_GRID_SIZE if os.environ.get(ENV_GRID_SIZE, "").strip() else f"{ENV_GRID_SIZE} (unset, default)"
+    where = ENV_GRID_SIZE if os.environ.get(ENV_GRID_SIZE, "").strip() else f"{ENV_GRID_SIZE} (unset: its default)"
     return set_once(kwargs, "grid_size", vocab_from_env().grid_size, where, source)
 
 

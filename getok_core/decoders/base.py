@@ -152,6 +152,17 @@ class MaskDecoder:
         """Masks of ``group.instances`` (bool (H, W) each) for one image."""
         raise NotImplementedError
 
+    def image_size(self, group: DecodeGroup) -> tuple[int, int]:
+        """(W, H) of ``group``'s image without encoding it (for instances with nothing to
+        prompt): the ``size`` of its entry in the decoder's ``cache`` when there is one, else the
+        shape of its pixels."""
+        cache = getattr(self, "cache", None)
+        entry = cache.peek(group.image_key) if cache is not None else None
+        if entry is not None:
+            return entry.size
+        h, w = load_image(group.image).shape[:2]
+        return w, h
+
     def decode(self, requests: Sequence[tuple[str, ImageSource, Instance]]) -> list[np.ndarray]:
         """Masks for (image_key, image source, instance) requests, in request order; requests of
         the same image_key are decoded together."""

@@ -191,8 +191,7 @@ class RegionDecoder(MaskDecoder):
         if not instances:
             return []
         if all(not inst.points and inst.point is None and inst.box is None for inst in instances):
-            entry = self.cache.peek(group.image_key)  # nothing to prompt: only the size is needed
-            w, h = entry.size if entry is not None else load_image(group.image).shape[1::-1]
+            w, h = self.image_size(group)  # nothing to prompt: only the size is needed
             return [np.zeros((h, w), bool) for _ in instances]
         entry = self.segment(group)
         labels, areas = entry.labels, entry.areas

@@ -275,8 +275,7 @@ class _PromptableDecoder(MaskDecoder):
         if prompts:
             w, h = self._set_image(group)
         else:  # nothing to prompt: only the size is needed
-            entry = self.cache.peek(group.image_key)
-            w, h = entry.size if entry is not None else load_image(group.image).shape[1::-1]
+            w, h = self.image_size(group)
         out = [np.zeros((h, w), bool) for _ in instances]
         by_sig: dict[tuple, list[Prompt]] = {}
         for p in prompts:

@@ -179,13 +179,14 @@ def _report(out: Path, gts, responses, parsed, pred_masks, scores, result, vocab
     first = order[:n_first]
     worst = sorted(order, key=lambda k: (scores[k], k))[:n_worst]
     (out / "overlays").mkdir(exist_ok=True)
-    sections = []
+    sections, drawn = [], set()  # an expression in both lists is drawn once; earlier runs' files are redrawn
     for heading, idx in ((f"First {len(first)}", first), (f"Worst {len(worst)}", worst)):
         entries = []
         for k in idx:
             g = gts[k].gt
             name = f"overlays/{k:05d}.png"
-            if not (out / name).exists():
+            if k not in drawn:
+                drawn.add(k)
                 image = load_image(g["image_path"])
                 gt_masks = [decode_rle(t["mask"]) for t in g["targets"] if t.get("mask")]
                 img = render_overlay(image, vocab, parsed[k].instances,

@@ -169,7 +169,7 @@ class DecoderCache:
         with self._lock:
             dec = self._items.get(key)
             if dec is None:
-                from ..decoders.base import make_decoder
+                from ..decoders import make_decoder
 
                 dec = make_decoder(str(name), **kwargs)
                 if not getattr(dec, "thread_safe", False):
@@ -183,7 +183,7 @@ class DecoderCache:
 
 
 #: The process-wide decoders of ``cached_decoder``.
-DECODERS = DecoderCache()
+SHARED_DECODERS = DecoderCache()
 
 
 def cached_decoder(name, **kwargs):
@@ -191,8 +191,8 @@ def cached_decoder(name, **kwargs):
     each (name, kwargs) and shared (its ``decode`` serialized unless the decoder says it is
     ``thread_safe``, as the SAM service client does); None for no decoder (``None``, ``""``,
     ``"none"``)."""
-    return DECODERS.get(name, **kwargs)
+    return SHARED_DECODERS.get(name, **kwargs)
 
 
-__all__ = ["NO_DECODER", "DecodeBatch", "mask_iou", "decodable", "LockedDecoder", "DecoderCache", "DECODERS",
+__all__ = ["NO_DECODER", "DecodeBatch", "mask_iou", "decodable", "LockedDecoder", "DecoderCache", "SHARED_DECODERS",
            "cached_decoder"]

@@ -67,7 +67,8 @@ def set_once(kwargs: Mapping, key: str, value, source: str, kwargs_source: str) 
                 same = False
         if not same:
             raise ValueError(f"{key} is set twice with different values: {value!r} by {source}, {other!r} by "
-                             f"{kwargs_source}; set it once ({source})")
+                             f"{kwargs_source}; the one source is {source}: drop {key} from {kwargs_source} "
+                             "or make them equal")
     out[key] = value
     return out
 

@@ -144,7 +144,7 @@ def score_refine_batch(responses: Sequence, ground_truths: Sequence, vocab: Geto
     ``mask_gain`` component is left out.
 
     Multi-round refinement: ``prior_offsets[k]`` (a sequence of offset answer texts, rounds
-    ``round``, ``round + 1``, ...) is applied to the proposal first (``refine.advance``: deleted
+    ``round``, ``round + 1``, ...) is applied to the proposal first (``dialogue.advance``: deleted
     points leave, a malformed line leaves its instance as it was); response k is then round
     ``round + len(prior_offsets[k])`` and is judged relative to that refined geometry. The
     matching to targets stays the turn-1 proposal's.

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from getok_core.data.groundtruth import rle_problem, rle_string_counts
+from getok_core.data.images import load_image, to_rgb
 from getok_core.data.loaders import (DATASETS, fill_polygon, image_size, load_coco, load_dataset, load_grefcoco,
                                 load_jsonl, load_lanes, load_points, load_reasonseg, load_refcoco,
                                 reasonseg_masks)
@@ -253,6 +254,25 @@ def test_image_size_applies_exif_orientation(tmp_path):
     (tmp_path / "x.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError):
         image_size(tmp_path / "x.png")
+
+
+def test_load_image_pixels_are_in_the_frame_image_size_reports(tmp_path):
+    """The one image loader (prepare, the decoders, evaluation): EXIF applied as in image_size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pixels = np.zeros((6, 10, 3), np.uint8)
+    pixels[:, :5] = 255  # left half white: after a 90 degree turn, a top or bottom half
+    Image.fromarray(pixels).save(tmp_path / "r.png", exif=exif.tobytes())
+    rgb = load_image(str(tmp_path / "r.png"))
+    assert rgb.shape == (10, 6, 3) and rgb.dtype == np.uint8
+    assert image_size(tmp_path / "r.png") == (rgb.shape[1], rgb.shape[0])
+    assert (rgb[:5] == 255).all() != (rgb[5:] == 255).all()
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(load_image(gray), to_rgb(gray))
+    assert np.array_equal(load_image(lambda: gray), to_rgb(gray))  # read only when called
+    (tmp_path / "x.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(str(tmp_path / "x.png"))
 
 
 # ---------------------------------------------------------------------- RefCOCO / gRefCOCO

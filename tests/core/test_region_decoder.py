@@ -5,8 +5,8 @@ import pytest
 
 from getok_core.codec.coords import box_pixel_mask, point_pixel
 from getok_core.codec.instance import Instance
-from getok_core.decoders import make_decoder
-from getok_core.decoders.base import ByteLRUCache, DecodeGroup, DecoderCounters
+from getok_core.decoders import DECODERS, make_decoder, register_decoder
+from getok_core.decoders.base import ByteLRUCache, DecodeGroup, DecoderCounters, MaskDecoder
 from getok_core.decoders.region import ENTRY_OVERHEAD_BYTES, RegionDecoder, compact_labels, region_labels
 from getok_core.prepare.proposals import grid_pixels, region_proposals
 
@@ -181,8 +181,34 @@ def test_non_square_sizes_and_make_decoder():
         RegionDecoder(method="slic", scale=3)
     with pytest.raises(ValueError):
         RegionDecoder(mode="both")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="region"):
         make_decoder("nope")
+
+
+def test_decoder_registry():
+    assert set(DECODERS) >= {"region", "sam", "sam2", "ray"}
+    assert DECODERS["region"] is RegionDecoder
+    made = []
+
+    class Fixed(MaskDecoder):
+        name = "fixed"
+
+        def decode_group(self, group):
+            return [np.ones((2, 3), bool) for _ in group.instances]
+
+    def factory(**kwargs):
+        made.append(kwargs)
+        return Fixed(**kwargs)
+
+    register_decoder("fixed-test", factory)
+    try:
+        d = make_decoder("fixed-test", mode="union")
+        assert isinstance(d, Fixed) and d.mode == "union" and made == [{"mode": "union"}]
+        assert d.decode([("k", None, Instance(box=(0, 0, 1, 1)))])[0].all()
+    finally:
+        del DECODERS["fixed-test"]
+    with pytest.raises(TypeError):
+        register_decoder("x", "not callable")
 
 
 def test_compact_labels():

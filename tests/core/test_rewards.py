@@ -22,7 +22,7 @@ from getok_core import GetokVocab, format_offsets, parse_answer
 from getok_core.codec.coords import point_pixel
 from getok_core.codec.text import as_text
 from getok_core.data.masks import decode_rle, encode_rle, rle_string_counts
-from getok_core.decoders.base import MaskDecoder, make_decoder
+from getok_core.decoders import MaskDecoder, make_decoder
 from getok_core.rewards import (GRID_COMPONENTS, REFINE_COMPONENTS, TASK_ELEMENTS, GridWeights, RefineWeights,
                                 box_iou, boxscore, clear_cache, grid_format_ok, mask_reward, nonrepeat_score,
                                 score_grid, score_grid_batch, score_refine, score_refine_batch, setup_from_kwargs)

@@ -13,12 +13,14 @@ import torch
 from segment_anything import SamPredictor  # noqa: E402
 
 from getok_core.codec.coords import box_pixel_mask  # noqa: E402
-from getok_core.decoders.base import DecodeGroup, make_decoder  # noqa: E402
 from getok_core.codec.instance import Instance  # noqa: E402
+from getok_core.decoders import make_decoder  # noqa: E402
+from getok_core.decoders.base import DecodeGroup  # noqa: E402
 from getok_core.decoders.sam import (  # noqa: E402
     ENTRY_OVERHEAD_BYTES, Sam2Decoder, SamDecoder, plan_prompts, tensors_nbytes)
-
+from getok_core.decoders.sam_models import sam_predictor  # noqa: E402
 from getok_core.decoders.tiny_sam import build_tiny_sam  # noqa: E402
+from getok_core.prepare.proposals import SamProposer  # noqa: E402
 
 TOL = 1e-4  # logits this close to the threshold may flip between batched and one-by-one decoding
 
@@ -259,6 +261,17 @@ def test_cache_on_cpu_device_and_predictor_input(sam):
         mb = b.decode_group(DecodeGroup("x", img, inst))[0]
         assert np.array_equal(ma, mb)
     assert a.counters.cache_hits == 1 and a.cache.peek("x").state["features"].device.type == "cpu"
+
+
+def test_decoder_and_proposer_share_the_predictor_wrapping(sam):
+    """One rule (decoders.sam_models.sam_predictor): a model is wrapped in a SamPredictor, a
+    predictor is used as it is, by the decoder and the proposals alike."""
+    wrapped = sam_predictor(sam)
+    assert isinstance(wrapped, SamPredictor) and wrapped.model is sam
+    assert sam_predictor(wrapped) is wrapped
+    assert SamDecoder(wrapped).predictor is wrapped and SamProposer(wrapped).predictor is wrapped
+    assert type(SamDecoder(sam).predictor) is type(SamProposer(sam).predictor) is SamPredictor
+    assert SamDecoder(sam).model is SamProposer(sam).model is sam
 
 
 def test_union_and_joint_semantics(sam):

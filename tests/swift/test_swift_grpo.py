@@ -1,10 +1,59 @@
-"""`swift rlhf --rlhf_type grpo` on CPU with the GETok ORMs, on rows `getok prepare` writes."""
+"""`swift rlhf --rlhf_type grpo` on CPU with the GETok ORMs, on rows `getok prepare` writes; and
+the one grid size of an ms-swift run (`GETOK_GRID_SIZE`, which the reward kwargs may only repeat)."""
 
 import json
 
+import pytest
 import swift  # noqa: F401  (the swift environment)
 
 from conftest import REGISTER, read_jsonl, run_swift
+
+GOOD = "<think>t</think><answer><box><grid2,3><grid5,6></box></answer>"
+
+
+@pytest.fixture
+def rewards(monkeypatch):
+    """The ORM module with no reward configuration of a previous test (restored afterwards)."""
+    import swift_plugin.getok_rewards as sr
+
+    for k in ("GETOK_GRID_SIZE", sr.ENV_KWARGS):
+        monkeypatch.delenv(k, raising=False)
+    sr.configure()
+    yield sr
+    sr.configure()
+
+
+def test_the_grid_size_has_one_source(rewards, monkeypatch):
+    sr = rewards
+    assert sr.reward_kwargs() == {"grid_size": 32}  # GETOK_GRID_SIZE unset: its default
+    monkeypatch.setenv("GETOK_GRID_SIZE", "10")
+    assert sr.reward_kwargs()["grid_size"] == 10  # the reward kwargs need no grid_size
+    monkeypatch.setenv(sr.ENV_KWARGS, json.dumps({"grid_size": 10, "decoder": "region"}))
+    assert sr.reward_kwargs() == {"grid_size": 10, "decoder": "region"}  # repeating it is fine
+    sr.ORMS["getok_mask"]()
+
+    monkeypatch.setenv(sr.ENV_KWARGS, json.dumps({"grid_size": 12}))
+    for make in (sr.reward_kwargs, sr.ORMS["getok_grid"], lambda: sr.score("grid", [GOOD], {"solution": [None]})):
+        with pytest.raises(ValueError) as err:
+            make()
+        msg = str(err.value)
+        assert "10" in msg and "12" in msg and "GETOK_GRID_SIZE" in msg and sr.ENV_KWARGS in msg, msg
+    with pytest.raises(ValueError, match="configure"):
+        sr.configure(grid_size=12)
+    monkeypatch.delenv("GETOK_GRID_SIZE")
+    with pytest.raises(ValueError, match="32.*GETOK_GRID_SIZE.*unset.*12"):  # the default counts as a value
+        sr.ORMS["getok_refine"]()
+
+
+def test_orms_parse_with_the_run_grid_size(rewards, monkeypatch):
+    """The same completion scores as a valid answer on the run's grid, not on another one."""
+    from testkit import ground_truth, square, target
+
+    g = ground_truth([target(square(25, 54, 35, 64), box=(0.25, 0.35, 0.55, 0.65))])
+    monkeypatch.setenv("GETOK_GRID_SIZE", "10")
+    assert rewards.ORMS["getok_box"]()([GOOD], solution=[g]) == [1.0]
+    monkeypatch.setenv("GETOK_GRID_SIZE", "20")  # the same cells on a 20 x 20 grid: another box
+    assert rewards.ORMS["getok_box"]()([GOOD], solution=[g]) == [0.0]
 
 
 def test_swift_grpo_runs_with_getok_rewards(work, tiny_model, prepared):

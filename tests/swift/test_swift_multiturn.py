@@ -22,7 +22,7 @@ from conftest import REGISTER, read_jsonl, run_swift
 from getok_core import GetokVocab, Instance, format_answer, format_offsets
 from getok_core.data.masks import encode_rle
 from getok_core.rewards.dialogue import refine_message, score_dialogues, start_refinement
-from getok_core.rewards.core import REFINE_COMPONENTS
+from getok_core.rewards import REFINE_COMPONENTS
 from getok_core.data.writers import REFINE_PROMPT
 
 V = GetokVocab()  # the plugin's default vocabulary (GETOK_GRID_SIZE unset): n = 32

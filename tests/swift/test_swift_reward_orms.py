@@ -32,10 +32,11 @@ def approx(x):
     return pytest.approx(x, abs=1e-9)
 
 
-def test_swift_orms():
+def test_swift_orms(monkeypatch):
     names = sr.register()
     assert {"getok_grid", "getok_format", "getok_box", "getok_points", "getok_refine"} <= set(names) <= set(orms)
-    sr.configure(grid_size=10)
+    monkeypatch.setenv("GETOK_GRID_SIZE", "10")  # the one source of the run's grid size
+    sr.configure()
     try:
         g = ground_truth([target(M1, BOX1)], extra={"proposal": PROPOSAL})
         completions = [ans([PERFECT]), "nonsense"]

@@ -110,7 +110,10 @@ def test_special_tokens_would_vanish_from_responses(tiny_model):
 def test_loader_initializes_new_rows_from_meaningful_rows(loaded, tiny_model, base_tokenizer):
     from safetensors.torch import load_file
 
-    from swift_plugin.getok_tokens import init_text
+    import swift_plugin.getok_tokens as plugin_tokens
+    from getok_core.models.tokens import init_text
+
+    assert plugin_tokens.init_text is init_text  # the framework-free tokenizer code lives in the core
 
     model, processor = loaded
     tok = processor.tokenizer
@@ -138,7 +141,7 @@ def test_loader_initializes_new_rows_from_meaningful_rows(loaded, tiny_model, ba
 def test_getok_tokens_registered_as_special_are_refused(tiny_model, plugin):
     from transformers import AutoTokenizer
 
-    from swift_plugin.getok_tokens import add_getok_tokens
+    from getok_core.models.tokens import add_getok_tokens
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.add_special_tokens({"additional_special_tokens": ["<grid0,0>"]})

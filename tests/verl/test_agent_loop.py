@@ -35,7 +35,7 @@ from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 from getok_core import GetokVocab, format_offsets  # noqa: E402
 from getok_core.data.masks import encode_rle  # noqa: E402
 from getok_core.rewards.dialogue import score_dialogues  # noqa: E402
-from getok_core.rewards.core import GRID_COMPONENTS, REFINE_COMPONENTS  # noqa: E402
+from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS  # noqa: E402
 from getok_core.models.tiny_model import build_qwen2_5_tokenizer, build_tiny_qwen2_5_vl  # noqa: E402
 from getok_core.data.writers import REFINE_AGENT, REFINE_PROMPT, verl_row, write_parquet  # noqa: E402
 
@@ -189,6 +189,24 @@ def test_registered_and_yaml_matches_the_constructor():
     assert entry == {"name": REFINE_AGENT, "_target_": "easyr1_plugin.agent_loop.GetokRefineAgentLoop",
                      "stage": sig["stage"].default, "rounds": sig["rounds"].default,
                      "overlay": sig["overlay"].default, "reward_kwargs": {}}
+
+
+def test_bad_loop_arguments_raise_before_any_rollout(monkeypatch):
+    """A bad stage or rounds, and a ``reward_kwargs.stage`` other than the loop's ``stage`` (a setting
+    given twice), raise ValueError naming the values (checked before verl's own setup is used)."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopBase
+
+    from easyr1_plugin.agent_loop import GetokRefineAgentLoop
+
+    monkeypatch.setattr(AgentLoopBase, "__init__", lambda self, *a, **k: None)
+    with pytest.raises(ValueError, match="'grid'.*'refine'"):
+        GetokRefineAgentLoop(stage="grid", reward_kwargs={"stage": "refine"})
+    with pytest.raises(ValueError, match="getok_refine: stage"):
+        GetokRefineAgentLoop(stage="sft")
+    with pytest.raises(ValueError, match="rounds"):
+        GetokRefineAgentLoop(rounds=0)
+    with pytest.raises(ValueError, match="bogus"):
+        GetokRefineAgentLoop(reward_kwargs={"bogus": 1})
 
 
 def test_two_turn_refinement(model_dir, yaml_path, image_path, tmp_path):

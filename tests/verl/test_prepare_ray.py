@@ -25,10 +25,10 @@ import ray  # noqa: E402  (tests/verl run in the verl environment: a missing pac
 import segment_anything  # noqa: E402,F401
 import torch  # noqa: E402
 
-from getok_core.prepare import engine as prepare_mod  # noqa: E402
-from getok_core.prepare.engine import ImageWorker, PrepareConfig, prepare  # noqa: E402
 from getok_core.data.sample_data import write_sample_dataset  # noqa: E402
 from getok_core.data.store import RecordStore  # noqa: E402
+from getok_core.prepare import PrepareConfig, prepare  # noqa: E402
+from getok_core.prepare.worker import ImageWorker  # noqa: E402
 from getok_core.decoders.tiny_sam import save_tiny_sam  # noqa: E402
 
 RECORDS = "records/shard-00000-of-00001.jsonl"
@@ -202,5 +202,5 @@ def test_missing_ray_is_a_clear_error(data, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'ray\[data\]'"):
         prepare(config(data, out, engine="ray"), log=quiet)
     assert not out.exists()
-    assert prepare_mod.PrepareConfig(dataset="d", root="r", out="o", engine="ray").identity() == \
-        prepare_mod.PrepareConfig(dataset="d", root="r", out="o").identity()  # the engine is no setting of the data
+    assert PrepareConfig(dataset="d", root="r", out="o", engine="ray").identity() == \
+        PrepareConfig(dataset="d", root="r", out="o").identity()  # the engine is no setting of the data

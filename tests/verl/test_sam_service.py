@@ -31,7 +31,7 @@ from getok_core.decoders.service import (  # noqa: E402
     RaySamDecoder, SamServiceError, pack_masks, rank_replicas, resolve_image, serve_sam, service_stats, stop_sam,
     unpack_masks)
 from getok_core.decoders.tiny_sam import save_tiny_sam  # noqa: E402
-from getok_core.rewards.core import score_grid_batch, score_refine_batch  # noqa: E402
+from getok_core.rewards import score_grid_batch, score_refine_batch  # noqa: E402
 
 APP = "getok-sam-test"
 V = GetokVocab(grid_size=10)
