@@ -148,7 +148,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_prepare(args) -> int:
-    from .prepare.engine import PrepareConfig, prepare
+    from .prepare import PrepareConfig, prepare
 
     root = args.root
     if root is None:
@@ -210,7 +210,8 @@ def cmd_eval(args) -> int:
 def cmd_viz(args) -> int:
     import numpy as np
 
-    from .decoders import load_image, make_decoder
+    from .data.images import load_image
+    from .decoders import make_decoder
     from .evaluation.viz import render_overlay
 
     vocab = GetokVocab(args.grid_size)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test suite: core tests in both environments, swift tests in the swift environment (ms-swift,
-# torch, segment-anything), verl tests in the verl environment (verl 0.9.1). Environments are
-# created on first use and reused while their lock files do not change (scripts/env.sh).
+# The test suite: core tests in every environment, swift tests in the swift environment (ms-swift,
+# torch, segment-anything), verl tests in the verl environment (verl 0.9.1), and the core tests
+# once more in the core environment (getok_core's own dependencies only: no torch, no framework).
+# Environments are created on first use and reused while their lock files do not change
+# (scripts/env.sh).
 #
 #   bash scripts/test.sh                    # everything
 #   GETOK_ENVS=swift bash scripts/test.sh   # one environment
@@ -10,7 +12,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
-envs=${GETOK_ENVS:-"swift verl"}
+envs=${GETOK_ENVS:-"swift verl core"}
 report=$(mktemp -d)
 trap 'rm -rf "$report"' EXIT
 status=0
@@ -22,7 +24,7 @@ scale=${GETOK_HYPOTHESIS_SCALE:-1}
 for name in $envs; do
   venv=$(getok_env "$name") || { echo "test.sh: could not build the $name environment" >&2; exit 1; }
   paths=(tests/core)
-  [ -d "tests/$name" ] && paths+=("tests/$name")
+  [ "$name" != core ] && [ -d "tests/$name" ] && paths+=("tests/$name")
   echo "=== $name environment: pytest ${paths[*]} (hypothesis examples x $scale)"
   GETOK_HYPOTHESIS_SCALE=$scale "$venv/bin/python" -m pytest "${paths[@]}" -p no:cacheprovider \
     --junitxml="$report/$name.xml" "$@"

@@ -67,7 +67,7 @@ def _file_lock(path: Path):
 def ensure_sample(out: str | os.PathLike | None = None, grid_size: int | None = None) -> Path:
     """The prepared sample dataset folder (``OUT/swift/*.jsonl``), generated and prepared when
     missing. Safe to call from several processes at once."""
-    from getok_core.prepare.engine import PrepareConfig, prepare
+    from getok_core.prepare import PrepareConfig, prepare
     from getok_core.data.sample_data import write_sample_dataset
 
     n = vocab_from_env().grid_size if grid_size is None else grid_size

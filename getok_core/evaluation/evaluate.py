@@ -21,7 +21,8 @@ import numpy as np
 from ..data import groundtruth
 from . import metrics
 from ..codec.answer import parse_answer
-from ..decoders.base import MaskDecoder, load_image
+from ..data.images import load_image
+from ..decoders.base import MaskDecoder
 from ..data.masks import decode_rle
 from ..data.store import atomic_path
 from .viz import render_overlay, write_report

@@ -23,7 +23,7 @@ class DecodeBatch:
     """Collects (image_key, image source, Instance) requests, deduplicated, and decodes them with
     one ``decoder.decode`` call (falling back to one call per image when that call fails).
 
-    A decoder with ``decode_flagged`` and a ``fallback`` configured (``sam_service.RaySamDecoder``
+    A decoder with ``decode_flagged`` and a ``fallback`` configured (``decoders.service.RaySamDecoder``
     with ``fallback="region"``) may decode some masks with the fallback and says which:
     ``reports_fallback`` is then True and ``fallback`` holds the request indices so decoded (the
     rewards' ``mask_fallback`` detail, present exactly when a fallback is configured)."""

@@ -13,7 +13,7 @@ from PIL import Image
 from getok_core.data import groundtruth
 from getok_core.decoders import make_decoder
 from getok_core.evaluation.evaluate import evaluate, read_ground_truth
-from getok_core.prepare.engine import PrepareConfig, prepare
+from getok_core.prepare import PrepareConfig, prepare
 from getok_core.data.sample_data import write_sample_dataset
 
 QUIET = dict(log=lambda *a: None)

@@ -279,7 +279,7 @@ def test_writes_are_atomic(tmp_path):
 
 
 def test_write_parquet_verl_rows(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq
     rows = [verl_row_for(_sample(), index=i, expression_index=i) for i in range(2)]
     rows.append(verl_row_for(_sample(targets=[]), index=2))
     path = tmp_path / "train.parquet"

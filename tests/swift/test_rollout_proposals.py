@@ -45,7 +45,7 @@ def read_jsonl(path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data(work, prepared) -> Path:
     """The sample dataset's val split in EasyR1 format (`getok prepare`, region proposals)."""
-    from getok_core.prepare.engine import PrepareConfig, prepare
+    from getok_core.prepare import PrepareConfig, prepare
 
     out = work / "rollout-prepared"
     prepare(PrepareConfig(dataset="sample", root=str(prepared / "sample_data"), out=str(out), split="val",
