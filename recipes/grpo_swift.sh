@@ -106,8 +106,8 @@ run() {
 }
 abspath() { realpath -m "$1"; }   # Ray workers do not share this shell's working directory
 
-# reward kwargs (key=value) for the chosen decoder
-reward_kwargs=("grid_size=$GETOK_GRID_SIZE")
+# reward kwargs (key=value) for the chosen decoder; the grid size has one source, GETOK_GRID_SIZE
+reward_kwargs=()
 case "$MASK_DECODER" in
   ray) reward_kwargs+=("decoder=ray" "app=$SAM_NAME" "timeout_s=$SAM_TIMEOUT_S")
        [ -n "$SAM_FALLBACK" ] && reward_kwargs+=("fallback=$SAM_FALLBACK") ;;

@@ -1,5 +1,12 @@
-"""GRPO rewards for GETok answers (SPEC §6): the grid stage and the offset-refinement stage, and
-the refinement dialogue (``dialogue``). Framework adapters (EasyR1, verl, ms-swift) call these.
+"""GRPO rewards for GETok answers (SPEC §6): the grid stage and the offset-refinement stage.
+
+Modules: ``params`` (weights, parameters, ``RewardResult``), ``scores`` (the per-component
+formulas), ``truth`` (the parsed ground truth and its cache), ``answers`` (reading a grid
+answer), ``matching`` (predictions to targets), ``decoding`` (masks for a batch, shared decoders),
+``grid`` and ``refine`` (the two stages), ``setup`` (reward kwargs -> decoder, weights, stage).
+Two more are not imported here (they import this package): ``dialogue`` (the refinement
+dialogue: stop reasons, rounds, replay, dialogue scoring) and ``frameworks`` (what the EasyR1,
+verl and ms-swift adapters share: stage dispatch, result flattening, reading their arguments).
 
 Grid stage (``grid``: ``score_grid`` / ``score_grid_batch``): components ``format``,
 ``nonrepeat``, ``box``, ``mask`` (only with a mask decoder) and ``points``. Refinement stage
