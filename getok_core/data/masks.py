@@ -113,6 +113,18 @@ def rle_problem(rle, size: tuple[int, int] | None = None) -> str | None:
     return None
 
 
+def uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """COCO *uncompressed* RLE counts of a bool (H, W) mask: the lengths of its column-major runs,
+    starting with a run of zeros (0 when the first pixel is set). ``{"size": [H, W], "counts":
+    uncompressed_counts(m)}`` is the form COCO uses for crowd annotations."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    if flat.size == 0:
+        return [0]
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]]))
+    return ([0] if flat[0] else []) + [int(r) for r in runs]
+
+
 def to_coco(rle: dict) -> dict:
     """An RLE dict in the form pycocotools takes (compressed counts as bytes). Raises ValueError
     on a malformed RLE: pycocotools does not check counts, and corrupt ones crash the process."""

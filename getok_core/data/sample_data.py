@@ -29,6 +29,8 @@ import pickle
 
 import numpy as np
 
+from .masks import encode_rle, polygons_to_mask, uncompressed_counts
+
 N_SHAPE_IMAGES = 30
 N_LANE_IMAGES = 6
 SIZES = ((160, 120), (192, 144), (224, 168), (256, 192), (288, 216), (320, 240))
@@ -56,29 +58,11 @@ N_VAL = 6  # the last N_VAL shape images and the last 2 lane images are "val"
 
 # ---------------------------------------------------------------------- masks
 def _rle(mask: np.ndarray) -> dict:
-    from .masks import encode_rle
-
     return encode_rle(mask)
 
 
 def _polygon_mask(flat: list[float], w: int, h: int) -> np.ndarray:
-    from .masks import polygons_to_mask
-
     return polygons_to_mask([flat], h, w)
-
-
-def _uncompressed_counts(mask: np.ndarray) -> list[int]:
-    """COCO uncompressed RLE counts (column-major runs, starting with a run of zeros)."""
-    flat = np.asarray(mask, bool).flatten(order="F")
-    counts, current, run = [], False, 0
-    for v in flat:
-        if v == current:
-            run += 1
-        else:
-            counts.append(run)
-            current, run = v, 1
-    counts.append(run)
-    return [int(c) for c in counts]
 
 
 def _shape_geometry(kind: str, cx: float, cy: float, s: float, rng, w: int, h: int):
@@ -266,9 +250,9 @@ def _annotate(rng, i: int, image_id: int, img: np.ndarray, objs: list[dict], fre
         y = y0 + int(rng.integers(0, max(1, int(ch) - 11)))
         dots[y:y + 3, x:x + 3] = True
     _paint(img, dots, (30, 30, 30), rng)
-    coco_rle = mask_utils.frPyObjects({"size": [h, w], "counts": _uncompressed_counts(dots)}, h, w)
+    coco_rle = mask_utils.frPyObjects({"size": [h, w], "counts": uncompressed_counts(dots)}, h, w)
     anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": DOTS_CATEGORY,
-                 "segmentation": {"size": [h, w], "counts": _uncompressed_counts(dots)},
+                 "segmentation": {"size": [h, w], "counts": uncompressed_counts(dots)},
                  "area": int(mask_utils.area(coco_rle)),
                  "bbox": [float(t) for t in mask_utils.toBbox(coco_rle)], "iscrowd": 1})
 

@@ -59,7 +59,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..codec.coords import points_pixels
-from ..codec.geometry import box_iou, box_iou_matrix, boxes_array, point_segment_distances
+from ..codec.geometry import box_iou_matrix, point_segment_distances
 from ..data.groundtruth import GroundTruthError, loads
 from ..data.masks import decode_rle, to_coco
 from ..data.records import TASKS

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..codec.instance import Instance
 from ..codec.vocab import GetokVocab
 
 PRED = (255, 140, 0)
@@ -41,7 +40,6 @@ def render_overlay(image: np.ndarray, vocab: GetokVocab, instances=(), pred_mask
     ``min_side``, the n x n grid, predicted masks (bool (H, W)) and instances (boxes, seg points
     labelled with their cell, points, lines, polygons), GT masks (outlines) and boxes (dashed)."""
     base = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
-    h, w = base.size[1], base.size[0]
     rgb = np.asarray(base).astype(np.float32)
     for m in pred_masks:
         if m is not None and np.any(m):

@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from testkit import ground_truth, square, target
+
 from getok_core import GetokVocab, format_offsets
-from getok_core.data.masks import encode_rle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REWARD_FILE = os.path.join(ROOT, "easyr1_plugin", "reward.py")
@@ -48,8 +49,7 @@ def verl_reward():
     return load_like_easyr1(VERL_FILE, "getok_verl_reward_under_test")
 
 
-M1 = np.zeros((100, 100), bool)
-M1[35:65, 25:55] = True
+M1 = square(25, 54, 35, 64)
 PERFECT = "<box><grid2,3><grid5,6></box><seg><grid3,4><grid4,5><grid3,5></seg>"
 PROPOSAL = f"<think>t</think><answer>{PERFECT}</answer>"
 
@@ -64,9 +64,8 @@ def image_path(tmp_path_factory):
 
 
 def gt(image_path="", targets=True, extra=None):
-    t = [{"mask": encode_rle(M1), "box": [0.25, 0.35, 0.55, 0.65], "points": [], "polyline": None}] if targets else []
-    return json.dumps({"version": 1, "image_path": image_path, "image_key": "scene", "image_size": [100, 100],
-                       "task": "seg", "no_target": not targets, "targets": t, "extra": extra or {}})
+    t = [target(mask=M1, box=[0.25, 0.35, 0.55, 0.65])] if targets else []
+    return ground_truth(t, image_path=image_path, image_key="scene", extra=extra)
 
 
 def easyr1_manager(fn, kwargs, responses, ground_truths):

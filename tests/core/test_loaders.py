@@ -14,7 +14,7 @@ from getok_core.data.images import load_image, to_rgb
 from getok_core.data.loaders import (DATASETS, fill_polygon, image_size, load_coco, load_dataset, load_grefcoco,
                                 load_jsonl, load_lanes, load_points, load_reasonseg, load_refcoco,
                                 reasonseg_masks)
-from getok_core.data.masks import decode_rle, encode_rle
+from getok_core.data.masks import decode_rle, encode_rle, uncompressed_counts
 from getok_core.data.records import Sample, Skipped
 
 W, H = 10, 8
@@ -39,19 +39,6 @@ def _mask(sample_or_target):
 
 def _reasons(skipped):
     return " | ".join(f"{s.row} {s.field}: {s.reason}" for s in skipped)
-
-
-def _uncompressed(mask):
-    flat = mask.flatten(order="F")
-    counts, cur, run = [], False, 0
-    for v in flat:
-        if v == cur:
-            run += 1
-        else:
-            counts.append(run)
-            cur, run = v, 1
-    counts.append(run)
-    return counts
 
 
 # ---------------------------------------------------------------------- RLE checks
@@ -109,8 +96,8 @@ def test_coco_polygons_rle_uncompressed_and_crowd(tmp_path):
         # two polygons for one object: cols 1..3 x rows 1..2 and cols 6..7 x rows 5..6
         _ann(10, [[1, 1, 4, 1, 4, 3, 1, 3], [6, 5, 8, 5, 8, 7, 6, 7]]),
         _ann(11, encode_rle(rle_mask)),
-        _ann(12, {"size": [H, W], "counts": _uncompressed(unc_mask)}),
-        _ann(13, {"size": [H, W], "counts": _uncompressed(unc_mask)}, iscrowd=1, category_id=2),
+        _ann(12, {"size": [H, W], "counts": uncompressed_counts(unc_mask)}),
+        _ann(13, {"size": [H, W], "counts": uncompressed_counts(unc_mask)}, iscrowd=1, category_id=2),
     ]
     ann_file, img_dir = _coco_fixture(tmp_path, anns)
     skipped = []
@@ -539,7 +526,7 @@ def test_jsonl_targets_and_bad_rows(tmp_path):
         {"id": "npoly", "image": "a.png", "expressions": ["p"], "normalized": True,
          "targets": [{"polygons": [[[0.1, 0.125], [0.4, 0.125], [0.4, 0.375], [0.1, 0.375]]]}]},
         {"id": "mask", "image": "a.png", "expressions": ["m"], "targets": [{"mask": encode_rle(m), "points": [[3, 3]]}],
-         "ignore": {"size": [H, W], "counts": _uncompressed(_rect(0, 0, 1, 1))}},
+         "ignore": {"size": [H, W], "counts": uncompressed_counts(_rect(0, 0, 1, 1))}},
         {"id": "pts", "image": "a.png", "expressions": ["q"], "targets": [{"points": [[5, 4]]}]},
         {"id": "line", "image": "a.png", "expressions": ["l"], "targets": [{"polyline": [[0, 0], [10, 8]]}]},
         {"id": "none", "image": "a.png", "expressions": ["nothing"], "task": "box", "targets": []},

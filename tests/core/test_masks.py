@@ -41,3 +41,17 @@ def test_counts_decoder_on_real_rles():
         s = mu.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
         assert list(rle_string_counts(s)) == ref(s) and int(rle_string_counts(s).sum()) == m.size
     assert rle_string_counts("é") is None and len(rle_string_counts("")) == 0
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_uncompressed_counts_round_trip_through_pycocotools(h, w, seed):
+    from pycocotools import mask as mask_utils
+
+    from getok_core.data.masks import uncompressed_counts
+
+    m = np.random.default_rng(seed).random((h, w)) < 0.5
+    counts = uncompressed_counts(m)
+    assert sum(counts) == h * w and counts[0] == (0 if m.flat[0] else counts[0])
+    rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    assert np.array_equal(mask_utils.decode(rle).astype(bool), m)

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from getok_core import GetokVocab, Instance, parse_answer, parse_offsets
 from getok_core.data.masks import encode_rle, mask_box
-from getok_core.data.offsets import (CATEGORIES, MOVES, OffsetTarget, allocate, classify_cells, offset_bands,
+from getok_core.data.offsets import (CATEGORIES, MOVES, OffsetTarget, allocate, offset_bands,
                                 offset_targets, quota_counts, sample_refinement, stable_seed)
 
 OFFS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]

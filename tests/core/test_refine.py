@@ -5,15 +5,14 @@ at pixel (10x + 5, 10y + 5), round-1 step 5 px, round-2 step 2.5 px); target M1 
 rows 35..64, box (0.25, 0.35, 0.55, 0.65).
 """
 
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from testkit import ground_truth, square, target
+
 from getok_core import GetokVocab, format_offsets
-from getok_core.data.masks import encode_rle
 from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS, score_grid_batch, score_refine_batch
 from getok_core.rewards.dialogue import (STOP_REASONS, RefineState, advance, dialogue_over, refine_message, replay,
                                          score_dialogues, split_transcript, stage_turns, start_refinement)
@@ -23,24 +22,10 @@ V = GetokVocab(grid_size=10, offset_rounds=2)
 W = H = 100
 
 
-def square(c0, c1, r0, r1):
-    m = np.zeros((H, W), bool)
-    m[r0:r1 + 1, c0:c1 + 1] = True
-    return m
-
-
 M1 = square(25, 54, 35, 64)
 BOX1 = [0.25, 0.35, 0.55, 0.65]
-
-
-def gt(targets):
-    return json.dumps({"version": 1, "sample_id": "t", "image_key": "k", "image_path": "", "image_size": [W, H],
-                       "task": "seg", "expression": "x", "no_target": not targets, "targets": targets,
-                       "ignore": None, "extra": {}})
-
-
-GT1 = gt([{"mask": encode_rle(M1), "box": BOX1, "points": [], "polyline": None}])
-GT0 = gt([])
+GT1 = ground_truth([target(mask=M1, box=BOX1)], size=(W, H))
+GT0 = ground_truth([], size=(W, H))
 # box = BOX1 exactly (cell centres), one seg point at cell (5, 4): pixel (55, 45), just right of M1
 PROPOSAL = "<think>a square</think><answer><box><grid2,3><grid5,6></box><seg><grid5,4></seg></answer>"
 

@@ -219,7 +219,7 @@ def test_compact_labels():
         compact_labels(np.array([[-1, 0]]))
 
 
-# --------------------------------------------------------------- shared helpers (decoders.py)
+# --------------------------------------------------------------- shared helpers (codec.coords)
 def test_byte_lru_cache():
     c = ByteLRUCache(10)
     assert c.put("a", 1, 4) and c.put("b", 2, 4)

@@ -227,3 +227,24 @@ def cli(work, tiny_model, prepared, images):
     print("CLI timings (s):", {k: round(v, 1) for k, v in timings.items()})
     return {"dir": d, "ckpt": ckpt, "merged": merged, "timings": timings,
             "adapter": read_jsonl(d / "infer_adapter.jsonl"), "merged_out": merged_out, "merged_info": merged_info}
+
+
+# ---------------------------------------------------------------------- SAM tests
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Intra-op threads contend badly on a small loaded machine (50x slower): one thread for the
+    module that asks for it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sam():
+    """The tiny random SAM of ``getok_core.decoders.tiny_sam`` (real segment-anything classes)."""
+    from getok_core.decoders.tiny_sam import build_tiny_sam
+
+    return build_tiny_sam(0)

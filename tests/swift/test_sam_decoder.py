@@ -1,8 +1,6 @@
-"""SamDecoder through the real segment-anything code, on a tiny random SAM (getok_core/tiny_sam.py)."""
+"""SamDecoder through the real segment-anything code, on a tiny random SAM (getok_core/decoders/tiny_sam.py)."""
 
 import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -25,18 +23,7 @@ from getok_core.prepare.proposals import SamProposer  # noqa: E402
 TOL = 1e-4  # logits this close to the threshold may flip between batched and one-by-one decoding
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads contend badly on a small loaded machine: use one here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def sam():
-    return build_tiny_sam(0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/swift/conftest.py; `sam` too
 
 
 def image(h=48, w=64, seed=0):

@@ -1,9 +1,6 @@
 """SAM grid-point proposals through the real segment-anything code, on a tiny random SAM."""
 
 import importlib.util
-import os
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,18 +15,7 @@ from getok_core.prepare.proposals import ProposalCache, Proposals, Sam2Proposer,
 from getok_core.decoders.tiny_sam import TINY_SAM_CONFIG, build_tiny_sam  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads contend badly on a small loaded machine (50x slower): use one here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def sam():
-    return build_tiny_sam(0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/swift/conftest.py; `sam` too
 
 
 def image(h=48, w=64, seed=0):
@@ -59,12 +45,11 @@ def test_tiny_sam_is_a_real_sam_and_fast(sam):
     assert SamPredictor(sam).transform.target_length == TINY_SAM_CONFIG["img_size"] == sam.image_encoder.img_size
     x = torch.zeros(1, 3, 256, 256)
     with torch.no_grad():
-        sam.image_encoder(x)
-        start = time.perf_counter()
         emb = sam.image_encoder(x)
-        elapsed = time.perf_counter() - start
     assert emb.shape == (1, 32, 16, 16)
-    assert elapsed < 2.0, elapsed  # ~10 ms on one idle core
+    # small enough for CPU tests (its speed is measured in bench/bench_decode.py, not here): vit_b
+    # has 89M encoder parameters, this one about 61k
+    assert sum(p.numel() for p in sam.image_encoder.parameters()) < 100_000
     # deterministic in the seed, different across seeds, the global RNG left alone
     state = torch.random.get_rng_state()
     a, b = build_tiny_sam(0), build_tiny_sam(1)

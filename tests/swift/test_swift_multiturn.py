@@ -19,6 +19,7 @@ from swift.rl_core.data import GRPOSample
 from swift.rollout import multi_turns, run_multi_turn
 
 from conftest import REGISTER, read_jsonl, run_swift
+from testkit import ground_truth, square, target
 from getok_core import GetokVocab, Instance, format_answer, format_offsets
 from getok_core.data.masks import encode_rle
 from getok_core.rewards.dialogue import refine_message, score_dialogues, start_refinement
@@ -33,12 +34,9 @@ BOX = (0.25, 0.25, 0.75, 0.625)  # pixels 16..47 x 16..39: a proposal can move i
 def _gt(box=BOX) -> str:
     targets = []
     if box is not None:
-        m = np.zeros((H, W), bool)
-        m[round(box[1] * H):round(box[3] * H), round(box[0] * W):round(box[2] * W)] = True
-        targets = [{"mask": encode_rle(m), "box": list(box), "points": [], "polyline": None}]
-    return json.dumps({"version": 1, "sample_id": "t", "image_key": "k", "image_path": "", "image_size": [W, H],
-                       "task": "seg", "expression": "the box", "no_target": not targets, "targets": targets,
-                       "ignore": None, "extra": {}})
+        m = square(round(box[0] * W), round(box[2] * W) - 1, round(box[1] * H), round(box[3] * H) - 1, (W, H))
+        targets = [target(mask=m, box=box)]
+    return ground_truth(targets, size=(W, H), expression="the box")
 
 
 GT = _gt()

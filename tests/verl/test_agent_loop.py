@@ -32,10 +32,11 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker  # noqa: E40
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
+from testkit import ground_truth, target  # noqa: E402
+
 from getok_core import GetokVocab, format_offsets  # noqa: E402
-from getok_core.data.masks import encode_rle  # noqa: E402
 from getok_core.rewards.dialogue import score_dialogues  # noqa: E402
-from getok_core.rewards import GRID_COMPONENTS, REFINE_COMPONENTS  # noqa: E402
+from getok_core.rewards import GRID_COMPONENTS  # noqa: E402
 from getok_core.models.tiny_model import build_qwen2_5_tokenizer, build_tiny_qwen2_5_vl  # noqa: E402
 from getok_core.data.writers import REFINE_AGENT, REFINE_PROMPT, verl_row, write_parquet  # noqa: E402
 
@@ -56,10 +57,8 @@ def offs(*moves):
 
 
 def gt(targets=True):
-    t = [{"mask": encode_rle(M1), "box": [0.25, 0.35, 0.55, 0.65], "points": [], "polyline": None}] if targets else []
-    return json.dumps({"version": 1, "sample_id": "t", "image_key": "agent-loop-test", "image_path": "",
-                       "image_size": [W, H], "task": "seg", "expression": "x", "no_target": not targets,
-                       "targets": t, "ignore": None, "extra": {}})
+    t = [target(mask=M1, box=[0.25, 0.35, 0.55, 0.65])] if targets else []
+    return ground_truth(t, size=(W, H), image_key="agent-loop-test")
 
 
 # ---------------------------------------------------------------------- servers (the GPU side)

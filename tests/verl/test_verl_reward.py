@@ -15,7 +15,6 @@ special GETok tokens vanish unless ``GetokRewardManager`` is used.
 """
 
 import asyncio
-import json
 import os
 
 import numpy as np
@@ -31,16 +30,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.reward import load_reward_manager  # noqa: E402
 
+from testkit import ground_truth, square, target  # noqa: E402
+
 from getok_core import GetokVocab, format_offsets  # noqa: E402
-from getok_core.data.masks import encode_rle  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REWARD_FILE = os.path.join(ROOT, "easyr1_plugin", "verl_reward.py")
 V = GetokVocab(grid_size=10)
 CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-M1 = np.zeros((100, 100), bool)
-M1[35:65, 25:55] = True
+M1 = square(25, 54, 35, 64)
 PERFECT = "<box><grid2,3><grid5,6></box><seg><grid3,4><grid4,5><grid3,5></seg>"
 PROPOSAL = f"<think>t</think><answer>{PERFECT}</answer>"
 Q3 = (1 - np.exp(-3 / 5)) - 0.06
@@ -49,9 +48,8 @@ Q3 = (1 - np.exp(-3 / 5)) - 0.06
 def gt(targets=True, extra=None):
     # no image file: a mask decoder fails on it (IoU 0); the image_key is this test's own, as decoders
     # cache images by key
-    t = [{"mask": encode_rle(M1), "box": [0.25, 0.35, 0.55, 0.65], "points": [], "polyline": None}] if targets else []
-    return json.dumps({"version": 1, "image_key": "verl-test-no-image", "image_size": [100, 100], "task": "seg",
-                       "no_target": not targets, "targets": t, "extra": extra or {}})
+    t = [target(mask=M1, box=[0.25, 0.35, 0.55, 0.65])] if targets else []
+    return ground_truth(t, image_key="verl-test-no-image", extra=extra)
 
 
 def build_tokenizer(path, getok_special: bool):
