@@ -163,7 +163,8 @@ def cmd_prepare(args) -> int:
         dataset=args.dataset, root=str(Path(root).resolve()), out=args.out, split=args.split,
         proposals=args.proposals, region_method=args.region_method,
         sam_checkpoint=None if args.sam_checkpoint is None else str(Path(args.sam_checkpoint).resolve()),
-        sam_model=args.sam_model, device=args.device, grid_size=args.grid_size, tau=args.tau,
+        sam_model=args.sam_model, device=args.device, max_pixels=args.max_pixels, grid_size=args.grid_size,
+        tau=args.tau,
         max_points=args.max_points, refine_k=args.refine_k, template=args.template, seed=args.seed,
         formats=tuple(f for f in args.formats.split(",") if f), workers=args.workers, shard=args.shard,
         progress=not args.no_progress, engine=args.engine, ray_address=args.address,
@@ -319,7 +320,8 @@ def _data_commands(sub) -> None:
                                     "mask proposals (SPEC 4), refinement conversations (SPEC 5), ground truth "
                                     "for GRPO rewards. Resumable: rerun the same command after an interruption. "
                                     "With --shard I/N, run N processes (or machines sharing OUT); the last to "
-                                    "finish writes the outputs.")
+                                    "finish writes the outputs. One run per shard of OUT at a time: a second "
+                                    "one exits with status 2 naming the running one's pid and host.")
     sp.add_argument("--dataset", required=True, choices=DATASETS)
     sp.add_argument("--root", help="dataset folder (for --dataset sample: generated into OUT/sample_data "
                                    "when omitted)")
@@ -331,6 +333,9 @@ def _data_commands(sub) -> None:
     sp.add_argument("--sam-checkpoint", help="SAM / SAM 2 checkpoint file")
     sp.add_argument("--sam-model", default="vit_h", help="SAM model type (vit_h, vit_l, vit_b) or SAM 2 config")
     sp.add_argument("--device", default="cpu", help="torch device for SAM, e.g. cuda:0")
+    sp.add_argument("--max-pixels", type=int, default=4_000_000,
+                    help="images of more pixels get their proposals computed downscaled to this many and "
+                         "mapped back (default 4000000: ~2.5 GB for a 12 Mpx image; 0: no bound; docs/data.md)")
     sp.add_argument("--grid-size", type=int, default=32)
     sp.add_argument("--tau", type=float, default=0.9, help="greedy IoU target (default 0.9)")
     sp.add_argument("--max-points", type=int, default=32, help="greedy point budget (default 32)")

@@ -11,7 +11,8 @@ Refinement answer (one ``<offset>`` element per turn-1 instance, one token per a
 
 The parser reads the last ``<answer>`` block (or the whole text, thinking removed, when there is
 none). It scans tags with one bounded pattern (``<`` + at most 64 non-bracket characters + ``>``),
-so its time is linear in the input.
+so its time is linear in the input, and it stops at the caps ``MAX_INSTANCES`` /
+``MAX_POINTS`` (the answer is then invalid), so what it builds is bounded whatever the input.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ _TAG_RE = re.compile(r"<([^<>]{1,64})>")
 _RANK = {kind: i for i, kind in enumerate(ELEMENTS)}
 _MIN_CELLS = {"point": (1, 1), "box": (2, 2), "seg": (1, None), "line": (2, None), "poly": (3, None)}
 _MAX_ERRORS = 50
+
+#: Most instances one answer may hold (grid answer lines; ``<offset>`` lines of a refinement
+#: answer). COCO's own detection evaluation keeps at most 100 detections per image, and no
+#: referring or pointing dataset GETok prepares comes near it; an answer with more is invalid and
+#: only its first ``MAX_INSTANCES`` instances are kept, so the work per answer stays bounded
+#: (SPEC §3).
+MAX_INSTANCES = 100
+#: Most grid tokens (anchors: box corners, seg points, the point, polyline and polygon vertices)
+#: the kept instances of one answer may hold together, and most offset tokens of a refinement
+#: answer. ``getok prepare`` writes at most 2 + 32 anchors per seg instance (``--max-points``
+#: 32), so 100 such instances need 3400; an answer with more is invalid and is cut before the
+#: instance that passes the cap (SPEC §3).
+MAX_POINTS = 4096
 
 
 @dataclass
@@ -187,6 +201,13 @@ class _Errors(list):
         else:
             self.dropped += 1
 
+    def first(self, item) -> None:
+        """Put ``item`` first (a message that must stay visible), keeping the cap."""
+        self.insert(0, item)
+        if len(self) > _MAX_ERRORS:
+            self.pop()
+            self.dropped += 1
+
     def final(self) -> list[str]:
         return list(self) + ([f"... and {self.dropped} more error(s)"] if self.dropped else [])
 
@@ -198,7 +219,9 @@ def parse_answer(text, vocab: GetokVocab) -> Parsed:
     Instances are separated by newlines outside elements, or by an element that repeats a kind
     already in the current instance or comes before it in canonical order (point, box, seg, line,
     poly). A malformed element (wrong token count, bad or out-of-range token, unclosed, nested,
-    text inside) is dropped and reported; the rest of its instance is kept.
+    text inside) is dropped and reported; the rest of its instance is kept. Past ``MAX_INSTANCES``
+    instances or ``MAX_POINTS`` grid tokens the answer is invalid and cut: the instances before
+    the one that passes the cap are kept, the rest is not read (the first error says so).
     """
     try:
         return _parse_answer(as_text(text), vocab)
@@ -212,13 +235,17 @@ def _parse_answer(text: str, vocab: GetokVocab) -> Parsed:
     parser = _GridParser(vocab, errors, Parsed(found_answer=found))
     for kind, value, raw in _tokens(region):
         parser.feed(kind, value, raw)
+        if parser.cut:  # past MAX_INSTANCES / MAX_POINTS: the rest is not read
+            break
     return parser.finish()
 
 
 class _GridParser:
     """The state of one linear scan over a grid answer's tokens: the instance being built (its
     elements by kind and the rank of the last one), the element open now (kind, cells, whether
-    it is still well formed) and whether ``<none>`` was seen."""
+    it is still well formed), whether ``<none>`` was seen, the grid tokens of the kept instances
+    and of the current one, and ``cut``: why the scan stopped at a cap (``MAX_INSTANCES``,
+    ``MAX_POINTS``), or ""."""
 
     def __init__(self, vocab: GetokVocab, errors: "_Errors", out: Parsed):
         self.vocab, self.errors, self.out = vocab, errors, out
@@ -228,6 +255,9 @@ class _GridParser:
         self.open_cells: list = []
         self.open_ok = True
         self.saw_none = False
+        self.n_points = 0       # grid tokens of the kept instances
+        self.n_current = 0      # grid tokens of the elements of ``current``
+        self.cut = ""
 
     def feed(self, kind: str, value, raw: str) -> None:
         """One token of ``_tokens``."""
@@ -240,11 +270,17 @@ class _GridParser:
 
     def finish(self) -> Parsed:
         out, errors = self.out, self.errors
-        if self.open_kind is not None:
+        if self.open_kind is not None and not self.cut:
             errors.append(f"unclosed <{self.open_kind}>")
             self.open_ok = False
             self._close_element()
-        self._flush()
+        if not self.cut:
+            self._flush()
+        if self.cut:  # the instance being read when a cap was passed is dropped
+            errors.first(self.cut)
+            out.errors = errors.final()
+            out.valid = False
+            return out
         if self.saw_none and out.instances:
             errors.append(f"<none> together with {len(out.instances)} instance(s)")
         out.no_target = not out.instances and (self.saw_none or (out.found_answer and not errors))
@@ -264,14 +300,23 @@ class _GridParser:
         elif else_stray is not None:
             self.out.stray_text.append(else_stray)
 
+    def _stop(self, why: str) -> None:
+        """Stop at a cap: the current instance and everything after it are dropped."""
+        self.cut = (f"{why}: the answer is cut after instance {len(self.out.instances)} "
+                    f"(getok_core.codec.answer caps, SPEC §3)")
+
     def _flush(self) -> None:
+        if self.current and len(self.out.instances) >= MAX_INSTANCES:
+            self._stop(f"more than {MAX_INSTANCES} instances")
+            return
         if self.current:
+            self.n_points += self.n_current
             c = self.current
             cells = InstanceCells(box=c.get("box"), points=c.get("seg", ()), polyline=c.get("line"),
                                   polygon=c.get("poly"), point=c.get("point"))
             self.out.cells.append(cells)
             self.out.instances.append(decode_instance(cells, self.vocab))
-        self.current, self.last_rank = {}, -1
+        self.current, self.last_rank, self.n_current = {}, -1, 0
 
     def _close_element(self) -> None:
         kind, cells = self.open_kind, self.open_cells
@@ -289,17 +334,21 @@ class _GridParser:
             if len(uniq) < len(cells):
                 errors.append(f"<seg> repeats {len(cells) - len(uniq)} grid token(s)")
             current["seg"] = tuple(uniq)
+            self.n_current += len(uniq)
         elif kind == "box":
             (x1, y1), (x2, y2) = cells
             if x2 < x1 or y2 < y1:
                 errors.append(f"<box> corners not top-left then bottom-right: {cells[0]}, {cells[1]}")
             current["box"] = (cells[0], cells[1])
+            self.n_current += 2
         elif kind == "point":
             current["point"] = cells[0]
+            self.n_current += 1
         elif kind == "poly" and len(set(cells)) < 3:
             errors.append(f"<poly> has {len(set(cells))} distinct cell(s), needs at least 3")
         else:
             current[kind] = tuple(cells)
+            self.n_current += len(cells)
 
     # ------------------------------------------------------------------ one handler per token kind
     def _on_text(self, value: str, raw: str) -> None:
@@ -341,6 +390,8 @@ class _GridParser:
             self.errors.append(f"grid token {raw} outside an element")
         elif not (0 <= x < n and 0 <= y < n):
             self._spoil(f"grid token {raw} outside the {n}x{n} grid")
+        elif self.n_points + self.n_current + len(self.open_cells) >= MAX_POINTS:
+            self._stop(f"more than {MAX_POINTS} grid tokens")
         else:
             self.open_cells.append((x, y))
 
@@ -363,6 +414,8 @@ def parse_offsets(text, proposal_instances, vocab: GetokVocab) -> ParsedOffsets:
     Element i of the answer refines proposal instance i and must hold one offset token or
     ``<DELETE>`` per anchor (``instance.anchors`` order: box corners, then seg points, ...).
     A malformed or missing element gives None for that instance; extra elements are reported.
+    Past ``MAX_INSTANCES`` lines or ``MAX_POINTS`` offset tokens the answer is invalid and the rest
+    is not read.
     """
     try:
         return _parse_offsets(as_text(text), list(proposal_instances), vocab)
@@ -391,7 +444,10 @@ def _parse_offsets(text: str, proposals: list[Instance], vocab: GetokVocab) -> P
         rows.append(row if row_ok else None)
         row, row_ok, open_ = [], True, False
 
+    n_tokens = 0
     for kind, value, raw in _tokens(region):
+        if len(rows) > MAX_INSTANCES or n_tokens > MAX_POINTS:  # a cap passed: the rest is not read
+            break
         if kind == "text":
             if open_ and value.strip():
                 errors.append(f"text inside <offset>: {_short(value)}")
@@ -415,6 +471,7 @@ def _parse_offsets(text: str, proposals: list[Instance], vocab: GetokVocab) -> P
             else:
                 errors.append(f"</{value}> without an opening tag")
         elif kind in ("OFF", "delete"):
+            n_tokens += 1
             if not open_:
                 errors.append(f"offset token {raw} outside <offset>")
             elif kind == "delete":
@@ -428,12 +485,20 @@ def _parse_offsets(text: str, proposals: list[Instance], vocab: GetokVocab) -> P
             errors.append(f"unexpected {_short(raw)} in a refinement answer")
             if open_:
                 row_ok = False
+    if len(rows) > MAX_INSTANCES or n_tokens > MAX_POINTS:
+        errors.append(f"more than {MAX_INSTANCES} <offset> lines or {MAX_POINTS} offset tokens: "
+                      f"the answer is cut (getok_core.codec.answer caps, SPEC §3)")
+        rows, open_ = rows[:MAX_INSTANCES], False
     if open_:
         errors.append("unclosed <offset>")
         row_ok = False
         close_row()
 
-    out = ParsedOffsets(found_answer=found)
+    return _offsets_of_rows(rows, proposals, errors, ParsedOffsets(found_answer=found))
+
+
+def _offsets_of_rows(rows, proposals: list[Instance], errors: "_Errors", out: ParsedOffsets) -> ParsedOffsets:
+    """``out`` filled from the parsed ``<offset>`` rows, each checked against its proposal's anchors."""
     if len(rows) != len(proposals):
         errors.append(f"{len(rows)} <offset> line(s) for {len(proposals)} proposal instance(s)")
     for i, inst in enumerate(proposals):

@@ -79,7 +79,7 @@ def image_entry_size(img: dict):
 
 def load_coco(annotation_file, image_dir, *, split: str = "", task: str = "seg",
               skipped: list | None = None, check_images: bool = True, include_crowd: bool = False,
-              max_mask_fraction: float = 1.0) -> Iterator[Sample]:
+              max_mask_fraction: float = 1.0, origins: dict | None = None) -> Iterator[Sample]:
     """COCO instances: one Sample per annotation, the category name as its expression.
 
     Masks from ``segmentation`` (several polygons per object, compressed or uncompressed RLE).
@@ -89,7 +89,7 @@ def load_coco(annotation_file, image_dir, *, split: str = "", task: str = "seg",
     annotation_file = str(annotation_file)
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    report = Reporter(skipped, annotation_file)
+    report = Reporter(skipped, annotation_file, origins)
     coco = coco_index(read_json(annotation_file), annotation_file)
     return _coco_samples(coco, annotation_file, str(image_dir), split, task, report,
                          ImageSizes(check_images), include_crowd, max_mask_fraction)
@@ -119,6 +119,8 @@ def _coco_samples(coco, source, image_dir, split, task, report, images, include_
             target = annotation_target(ann, img, size, task, max_fraction)
         except BadRow as bad:
             report(row, bad.field, bad.reason)
+            continue
+        if not report.first(f"coco/{stem}/{ann.get('id', i)}", row):
             continue
         yield Sample(sample_id=f"coco/{stem}/{ann.get('id', i)}", image_path=path, image_size=size,
                      expressions=[cat["name"].strip()], targets=[target], task=task, image_key=fname,

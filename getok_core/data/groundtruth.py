@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import math
 
-from .masks import MAX_SIDE, rle_problem, rle_string_counts  # noqa: F401 (re-exported)
+from . import masks
+from .masks import MAX_PIXELS, MAX_SIDE, rle_problem, rle_string_counts  # noqa: F401 (re-exported)
 from .records import TASKS, Sample, Target
 
 #: Format version written by ``make_ground_truth`` and the only one ``loads`` accepts.
 VERSION = 1
-#: Largest image side accepted (pixels).
 
 _TOP_KEYS = ("version", "sample_id", "image_key", "image_path", "image_size", "task", "expression",
              "expression_index", "no_target", "targets", "ignore", "extra")
@@ -229,9 +229,12 @@ def _normalize(obj) -> tuple[dict | None, list[str]]:
         errors.append(f"expression_index must be a non-negative integer, got {_short(index)}")
     out["expression_index"] = index if _is_int(index) and index >= 0 else 0
     size = obj["image_size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(t) for t in size)
-            and all(0 < t <= MAX_SIDE for t in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(t) for t in size)):
         errors.append(f"image_size must be [width, height] positive integers, got {_short(size)}")
+        return None, errors
+    why = masks.size_problem(size[0], size[1])  # before any target: nothing of that size is made
+    if why:
+        errors.append(f"image_size: {why}")
         return None, errors
     out["image_size"] = [size[0], size[1]]
     task = obj["task"]

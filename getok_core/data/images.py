@@ -8,6 +8,8 @@ height), which is what transformers' ``load_image`` and labelme show.
   returning one (``ImageSource``: what the decoders take, read only when needed).
 - ``image_size(path)``: (W, H) from the file's header, without decoding the pixels.
 - ``check_image_size((W, H))``: the size as two positive ints, or ValueError.
+- ``work_size((W, H), max_pixels)`` / ``resize_rgb(rgb, (w, h))``: the size an image is
+  downscaled to for bounded work (``getok prepare --max-pixels``), and the downscaling.
 """
 
 from __future__ import annotations
@@ -53,19 +55,24 @@ def to_rgb(image) -> np.ndarray:
 
 def load_image(source: ImageSource) -> np.ndarray:
     """RGB uint8 (H, W, 3) pixels of an image source: a file (EXIF orientation applied), an array
-    (``to_rgb``) or a zero-argument callable returning either. An unreadable file raises
-    ValueError naming it."""
+    (``to_rgb``) or a zero-argument callable returning either. The file is decoded completely: an
+    unreadable or truncated file (even where ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` was set by
+    someone else), or one over PIL's decompression-bomb limit, raises ValueError naming it."""
     if callable(source):
         source = source()
     if isinstance(source, np.ndarray):
         return to_rgb(source)
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageFile, ImageOps
 
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(source) as im:
             return to_rgb(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read image {source!r}: {exc}") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def image_size(path) -> tuple[int, int]:
@@ -120,5 +127,34 @@ def check_image_size(image_size) -> tuple[int, int]:
     return w, h
 
 
+def work_size(image_size, max_pixels: int) -> tuple[int, int]:
+    """The (w, h) an image of ``image_size`` = (W, H) is downscaled to so that w * h <= max_pixels,
+    keeping its aspect ratio: (floor(W s), floor(H s)) with s = sqrt(max_pixels / (W H)), each
+    side at least 1 (the other then at most ``max_pixels``); (W, H) itself when it has at most ``max_pixels`` pixels or ``max_pixels`` <= 0
+    (no bound)."""
+    w, h = check_image_size(image_size)
+    if max_pixels <= 0 or w * h <= max_pixels:
+        return w, h
+    s = (max_pixels / (w * h)) ** 0.5
+    sw, sh = max(1, int(w * s)), max(1, int(h * s))
+    if sh == 1:    # a very thin image: the short side cannot shrink below one pixel
+        sw = min(w, max_pixels)
+    elif sw == 1:
+        sh = min(h, max_pixels)
+    return sw, sh
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 resized to ``size`` = (w, h) by PIL's box filter (each output
+    pixel the mean of the input pixels it covers: no aliasing when downscaling)."""
+    from PIL import Image
+
+    w, h = check_image_size(size)
+    if (rgb.shape[1], rgb.shape[0]) == (w, h):
+        return rgb
+    return np.asarray(Image.fromarray(to_rgb(rgb)).resize((w, h), Image.Resampling.BOX))
+
+
 __all__ = ["ImageSource", "to_rgb", "load_image", "image_size", "exif_orientation", "check_image_size",
+           "work_size", "resize_rgb",
            "EXIF_SWAP", "EXIF_ORIENTATION"]

@@ -100,6 +100,8 @@ def _file_samples(path: str, records, image_root: str, split: str | None, report
             report(row, bad.field, bad.reason)
             continue
         rid = rec.get("id", row.replace("line ", ""))
+        if not report.first(f"{stem}/{rid}", row):
+            continue
         yield Sample(sample_id=f"{stem}/{rid}", image_path=img_path, image_size=size, image_key=key,
                      split=str(rec.get("split", "")), **values)
 
@@ -108,7 +110,8 @@ _UNITS = {"pixel": None, "norm": 1.0, "percent": 100.0}
 
 
 def load_points(path, image_root=None, *, split: str | None = None, units: str = "pixel",
-                skipped: list | None = None, check_images: bool = True) -> Iterator[Sample]:
+                skipped: list | None = None, check_images: bool = True,
+                origins: dict | None = None) -> Iterator[Sample]:
     """Point datasets in the Pixmo-points layout (see docs/data.md): one Sample per record, its
     ``label`` the expression and one target per point (``targets == []`` when ``points`` is
     empty). ``units``: ``pixel`` (Pixmo's), ``norm`` ([0, 1]) or ``percent`` ([0, 100])."""
@@ -116,7 +119,7 @@ def load_points(path, image_root=None, *, split: str | None = None, units: str =
     if units not in _UNITS:
         raise ValueError(f"units must be one of {sorted(_UNITS)}, got {units!r}")
     image_root = _check_file(path, image_root)
-    return _file_samples(path, record_rows(path), image_root, split, Reporter(skipped, path),
+    return _file_samples(path, record_rows(path), image_root, split, Reporter(skipped, path, origins),
                          ImageSizes(check_images), lambda rec, size: _point_fields(rec, size, _UNITS[units]))
 
 
@@ -141,12 +144,12 @@ def _point_fields(rec: dict, size: tuple[int, int], scale: float | None) -> dict
 
 
 def load_lanes(path, image_root=None, *, split: str | None = None, skipped: list | None = None,
-               check_images: bool = True) -> Iterator[Sample]:
+               check_images: bool = True, origins: dict | None = None) -> Iterator[Sample]:
     """Lane polylines (the GETok lanes format, docs/data.md): one Sample per record, one target
     per lane (a normalized polyline); ``targets == []`` when ``lanes`` is empty."""
     path = str(path)
     image_root = _check_file(path, image_root)
-    return _file_samples(path, record_rows(path), image_root, split, Reporter(skipped, path),
+    return _file_samples(path, record_rows(path), image_root, split, Reporter(skipped, path, origins),
                          ImageSizes(check_images), _lane_fields)
 
 
@@ -224,7 +227,7 @@ def _infer_task(targets: list[Target]) -> str:
 
 def load_jsonl(path, image_root=None, *, split: str | None = None, task: str | None = None,
                skipped: list | None = None, check_images: bool = True,
-               max_mask_fraction: float = 1.0) -> Iterator[Sample]:
+               max_mask_fraction: float = 1.0, origins: dict | None = None) -> Iterator[Sample]:
     """Generic JSONL (docs/data.md): one object per line with ``image``, ``expressions`` and
     ``targets`` (box / points / polygon(s) / mask RLE / polyline), in pixels or, with
     ``"normalized": true``, in [0, 1]. ``task`` overrides every line's task."""
@@ -232,7 +235,7 @@ def load_jsonl(path, image_root=None, *, split: str | None = None, task: str | N
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     image_root = _check_file(path, image_root)
-    return _file_samples(path, record_rows(path), image_root, split, Reporter(skipped, path),
+    return _file_samples(path, record_rows(path), image_root, split, Reporter(skipped, path, origins),
                          ImageSizes(check_images),
                          lambda rec, size: _jsonl_fields(rec, size, task, max_mask_fraction),
                          not_object="line is not a JSON object")
@@ -266,13 +269,15 @@ SAMPLE_PARTS = ("refcoco", "grefcoco", "points", "lanes")
 
 
 def load_sample(root, split: str | None = None, *, parts: Iterable[str] = SAMPLE_PARTS,
-                skipped: list | None = None, check_images: bool = True) -> Iterator[Sample]:
+                skipped: list | None = None, check_images: bool = True,
+                origins: dict | None = None) -> Iterator[Sample]:
     """The bundled sample dataset (``getok_core.data.sample_data.write_sample_dataset``): its refs
     (RefCOCO format), grefs (gRefCOCO format: multi- and no-target), points and lanes."""
     import itertools
 
     root = str(root)
-    common = {"skipped": skipped, "check_images": check_images}
+    common = {"skipped": skipped, "check_images": check_images,
+              "origins": {} if origins is None else origins}  # one dict: ids unique across parts
     loaders = []
     for part in parts:
         if part == "refcoco":
@@ -299,7 +304,7 @@ def _in_root(root: str, name: str, default: str) -> str:
 
 
 def load_dataset(name: str, root, split: str | None = None, *, skipped: list | None = None,
-                 check_images: bool = True, **kwargs) -> Iterator[Sample]:
+                 check_images: bool = True, origins: dict | None = None, **kwargs) -> Iterator[Sample]:
     """Samples of the dataset ``name`` under ``root`` (see ``DATASETS``).
 
     - refcoco, refcoco+, refcocog: ``root`` holds ``<name>/refs(<split_by>).p``,
@@ -313,11 +318,13 @@ def load_dataset(name: str, root, split: str | None = None, *, skipped: list | N
       filtered by their ``split`` field when ``split`` is given.
     - sample: the folder written by ``getok_core.data.sample_data.write_sample_dataset``.
 
+    ``origins``: a dict filled with sample id -> (source file, row) while you iterate. A row
+    repeating an earlier row's sample id is skipped (``duplicate sample id``, with both rows).
     Remaining kwargs go to the loader (``task``, ``max_mask_fraction``, ``units``, ...).
     """
     key = str(name).lower()
     root = str(root)
-    common = {"skipped": skipped, "check_images": check_images}
+    common = {"skipped": skipped, "check_images": check_images, "origins": origins}
     if key in ("refcoco", "refcoco+", "refcocog"):
         return load_refcoco(root, key, split, kwargs.pop("split_by", None), **common, **kwargs)
     if key == "grefcoco":

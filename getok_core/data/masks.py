@@ -23,6 +23,22 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 #: Largest mask side accepted from data (pixels).
 MAX_SIDE = 100_000
+#: Largest image area (H x W pixels) accepted from data: 2**27, about 134 megapixels, so a
+#: 12000 x 9000 (108 MP) phone photo fits while one decoded bool mask stays at 128 MiB. A ground
+#: truth or an RLE over it is rejected before anything of its size is allocated (a
+#: 70000 x 70000 mask took 9.6 GB per reward call; 100000 x 100000 crashed pycocotools).
+MAX_PIXELS = 2**27
+
+
+def size_problem(w, h) -> str | None:
+    """None when an image of (W, H) = (``w``, ``h``) pixels is within ``MAX_SIDE`` per side and
+    ``MAX_PIXELS`` in area, else the reason (naming the size and the cap)."""
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+        return f"size {w}x{h} (WxH) out of range: each side must be in [1, {MAX_SIDE}]"
+    if w * h > MAX_PIXELS:
+        return (f"size {w}x{h} (WxH) is {w * h:,} pixels, over the cap of {MAX_PIXELS:,} "
+                f"(getok_core.data.masks.MAX_PIXELS)")
+    return None
 
 
 def _is_int(x) -> bool:
@@ -87,8 +103,9 @@ def rle_problem(rle, size: tuple[int, int] | None = None) -> str | None:
     if not (isinstance(sz, (list, tuple)) and len(sz) == 2 and all(_is_int(t) for t in sz)):
         return f"RLE size must be [height, width] integers, got {_short(sz)}"
     h, w = sz
-    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
-        return f"RLE size {h}x{w} (HxW) out of range"
+    why = size_problem(w, h)
+    if why:
+        return f"RLE {why}"
     if size is not None and (w, h) != (size[0], size[1]):
         return f"RLE size [H, W] = [{h}, {w}] does not match the image size (W, H) = ({size[0]}, {size[1]})"
     counts = rle.get("counts")

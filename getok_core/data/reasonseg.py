@@ -92,7 +92,8 @@ def reasonseg_masks(shapes, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarr
 
 
 def load_reasonseg(root, split: str | None = None, *, skipped: list | None = None,
-                   check_images: bool = True, max_mask_fraction: float = 1.0) -> Iterator[Sample]:
+                   check_images: bool = True, max_mask_fraction: float = 1.0,
+                   origins: dict | None = None) -> Iterator[Sample]:
     """ReasonSeg: ``image_n.jpg`` beside ``image_n.json`` (labelme), in ``<root>/<split>`` (or
     ``root`` itself when ``split`` is None). One Sample per JSON file: its ``text`` instructions
     are the expressions and the union of its target polygons is one target; ``ignore`` holds
@@ -102,13 +103,14 @@ def load_reasonseg(root, split: str | None = None, *, skipped: list | None = Non
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"reasonseg: folder {folder} not found")
     names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
-    return _reasonseg_samples(folder, names, split, skipped, ImageSizes(check_images), max_mask_fraction)
+    return _reasonseg_samples(folder, names, split, skipped, ImageSizes(check_images), max_mask_fraction,
+                              {} if origins is None else origins)
 
 
-def _reasonseg_samples(folder, names, split, skipped, images, max_mask_fraction):
+def _reasonseg_samples(folder, names, split, skipped, images, max_mask_fraction, origins):
     for name in names:
         jpath = os.path.join(folder, name)
-        report = Reporter(skipped, jpath)
+        report = Reporter(skipped, jpath, origins)
         stem = name[:-5]
         try:
             try:
@@ -142,6 +144,8 @@ def _reasonseg_samples(folder, names, split, skipped, images, max_mask_fraction)
             continue
         except OSError as exc:
             report(name, "", f"unreadable: {exc}")
+            continue
+        if not report.first(f"reasonseg/{split}/{stem}" if split else f"reasonseg/{stem}", name):
             continue
         yield Sample(sample_id=f"reasonseg/{split}/{stem}" if split else f"reasonseg/{stem}",
                      image_path=img_path, image_size=size, expressions=exprs, targets=[t], task="seg",

@@ -111,6 +111,8 @@ def _ref_samples(refs, coco, source, dataset, split_by, image_dir, split, task, 
         except BadRow as bad:
             report(row, bad.field, bad.reason)
             continue
+        if not report.first(f"{dataset}/{split_by}/{ref_id}", row):
+            continue
         yield Sample(sample_id=f"{dataset}/{split_by}/{ref_id}", image_path=path, image_size=size,
                      expressions=exprs, targets=targets, task=task, image_key=fname,
                      split=str(ref.get("split", "")),
@@ -121,7 +123,8 @@ def _ref_samples(refs, coco, source, dataset, split_by, image_dir, split, task, 
 
 def load_refcoco(root, dataset: str = "refcoco", split: str | None = None, split_by: str | None = None,
                  *, image_dir=None, task: str = "seg", skipped: list | None = None,
-                 check_images: bool = True, max_mask_fraction: float = 1.0) -> Iterator[Sample]:
+                 check_images: bool = True, max_mask_fraction: float = 1.0,
+                 origins: dict | None = None) -> Iterator[Sample]:
     """RefCOCO / RefCOCO+ / RefCOCOg: one Sample per ref, every sentence an expression.
 
     Reads ``<root>/<dataset>/refs(<split_by>).p`` and ``<root>/<dataset>/instances.json``;
@@ -141,13 +144,13 @@ def load_refcoco(root, dataset: str = "refcoco", split: str | None = None, split
     coco = coco_index(read_json(inst_file), inst_file)
     image_dir = str(image_dir) if image_dir else os.path.join(root, "images", "train2014")
     return _ref_samples(refs, coco, refs_file, dataset, split_by, image_dir, split, task,
-                            Reporter(skipped, refs_file), ImageSizes(check_images), max_mask_fraction,
+                            Reporter(skipped, refs_file, origins), ImageSizes(check_images), max_mask_fraction,
                             generalized=False)
 
 
 def load_grefcoco(root, split: str | None = None, split_by: str = "unc", *, image_dir=None,
                   task: str = "seg", skipped: list | None = None, check_images: bool = True,
-                  max_mask_fraction: float = 1.0) -> Iterator[Sample]:
+                  max_mask_fraction: float = 1.0, origins: dict | None = None) -> Iterator[Sample]:
     """gRefCOCO: like RefCOCO, but ``ann_id`` is a list: ``[-1]`` means no target (``targets ==
     []``) and several ids give several targets (one per object). Reads
     ``<root>/grefcoco/grefs(<split_by>).p``, or ``.json`` when there is no pickle, and
@@ -169,7 +172,7 @@ def load_grefcoco(root, split: str | None = None, split_by: str = "unc", *, imag
     coco = coco_index(read_json(inst_file), inst_file)
     image_dir = str(image_dir) if image_dir else os.path.join(root, "images", "train2014")
     return _ref_samples(refs, coco, refs_file, "grefcoco", split_by, image_dir, split, task,
-                            Reporter(skipped, refs_file), ImageSizes(check_images), max_mask_fraction,
+                            Reporter(skipped, refs_file, origins), ImageSizes(check_images), max_mask_fraction,
                             generalized=True)
 
 

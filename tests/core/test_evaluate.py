@@ -7,11 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from testkit import ground_truth, target
 
+from getok_core import Instance
+from getok_core.codec.coords import box_pixel_mask
 from getok_core.data import groundtruth
-from getok_core.decoders import make_decoder
+from getok_core.data.masks import decode_rle
+from getok_core.decoders import MaskDecoder, make_decoder
 from getok_core.evaluation.evaluate import evaluate, read_ground_truth
 from getok_core.prepare import PrepareConfig, prepare
 from getok_core.data.sample_data import write_sample_dataset
@@ -96,7 +101,7 @@ def test_missing_and_junk_predictions_count_as_empty(data, tmp_path):
 def test_mismatched_questions_are_refused(data, tmp_path):
     rows = swift_infer_style(data)
     rows[5]["messages"][0]["content"] = "<image>Please segment: something else."
-    with pytest.raises(ValueError, match="row 5"):
+    with pytest.raises(ValueError, match=r"m.jsonl:6: field .messages."):
         evaluate(write(tmp_path / "m.jsonl", rows), data, tmp_path / "m", make_decoder("region"), **QUIET)
     with pytest.raises(ValueError, match="rows without ids"):
         evaluate(write(tmp_path / "s.jsonl", rows[:10]), data, tmp_path / "s", make_decoder("region"), **QUIET)
@@ -119,3 +124,173 @@ def test_cli_eval_and_viz(data, tmp_path):
     with Image.open(png) as im:
         w, h = gt["image_size"]
         assert im.size[0] / im.size[1] == pytest.approx(w / h, rel=0.02)
+
+
+# ---------------------------------------------------------------------- hostile input (issue 18)
+class FillDecoder(MaskDecoder):
+    """Every instance decodes to the full (H, W) mask of its box (or of the whole image): what a
+    real decoder returns, without its cost. Records the number of requests of each call."""
+
+    name = "fill"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def decode(self, requests):
+        self.calls.append(len(requests))
+        out = []
+        for key, src, inst in requests:
+            h, w = self.sizes[key]
+            out.append(box_pixel_mask(inst.box, (w, h)) if inst.box else np.ones((h, w), bool))
+        return out
+
+
+def tiny_split(tmp_path, n=4, size=(64, 48), task="seg", lines=None):
+    """DATA/easyr1/val.jsonl of ``n`` expressions (one image each, one square target), written
+    directly (no ``getok prepare``); returns (data folder, expression ids)."""
+    w, h = size
+    rows, keys = [], []
+    for k in range(n):
+        path = tmp_path / f"img{k}.png"
+        Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(path)
+        m = np.zeros((h, w), bool)
+        m[h // 4:3 * h // 4, w // 4:3 * w // 4] = True
+        g = ground_truth([target(m, (0.25, 0.25, 0.75, 0.75), points=[(0.5, 0.5)])], size=size, task=task,
+                         image_path=str(path), image_key=f"img{k}", sample_id=f"s{k}", expression=f"thing {k}")
+        rows.append(json.dumps({"prompt": f"<image>Find thing {k}.", "answer": g}))
+        keys.append(f"s{k}#0")
+    (tmp_path / "data" / "easyr1").mkdir(parents=True)
+    (tmp_path / "data" / "easyr1" / "val.jsonl").write_text("\n".join(lines or rows) + "\n")
+    return tmp_path / "data", keys, rows
+
+
+GOOD = "<answer><box><grid8,8><grid23,23></box><seg><grid15,15></seg></answer>"
+
+
+def test_predicted_masks_are_unions_decoded_in_bounded_calls():
+    """``predicted_masks`` ORs each expression's instance masks in calls of at most
+    ``budget`` pixels: the same masks as one call for everything, far less alive at once."""
+    from getok_core.evaluation.evaluate import predicted_masks
+
+    dec = FillDecoder()
+    dec.sizes = {"a": (48, 64), "b": (48, 64)}
+    boxes = [(0.0, 0.0, 0.2, 0.2), (0.5, 0.5, 1.0, 1.0), (0.1, 0.6, 0.3, 0.9)]
+    reqs = [(k, "a" if k < 3 else "b", None, (48, 64), Instance(box=boxes[(k + j) % 3]))
+            for k in range(5) for j in range(k + 1)]
+    got = predicted_masks(dec, reqs, 6, budget=3 * 64 * 48)
+    assert max(dec.calls) == 3 and sum(dec.calls) == len(reqs)
+    for k in range(5):
+        want = np.zeros((48, 64), bool)
+        for j in range(k + 1):
+            want |= box_pixel_mask(boxes[(k + j) % 3], (64, 48))
+        assert np.array_equal(decode_rle(got[k]), want)
+    assert got[5] is None
+
+
+def test_huge_answers_keep_eval_memory_bounded(tmp_path):
+    """The issue's reproduction: 8000 <point>s per answer on 640 x 480 images (2.5 GB before).
+    The parser keeps the first MAX_INSTANCES, masks are OR-ed as they are decoded: the peak of
+    traced memory stays far below even one expression's 8000 masks."""
+    import tracemalloc
+
+    from getok_core.codec.answer import MAX_INSTANCES
+
+    data, keys, _ = tiny_split(tmp_path, n=3, size=(640, 480))
+    huge = "<answer>" + "\n".join(f"<point><grid{i % 32},{i // 32 % 32}></point>" for i in range(8000)) + "</answer>"
+    pred = write(tmp_path / "p.jsonl", [{"id": key, "response": huge} for key in keys])
+    dec = FillDecoder()
+    dec.sizes = {f"img{k}": (480, 640) for k in range(3)}
+    tracemalloc.start()
+    try:
+        res = evaluate(pred, data, tmp_path / "r", dec, n_first=1, n_worst=0, **QUIET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(dec.calls) == 3 * MAX_INSTANCES  # 300 masks of 300 KB were decoded, not 24,000
+    assert peak < 90 * 2**20, peak              # 3 x 100 masks held at once would be 92 MB
+    assert res["seg"]["format_validity"] == 0.0
+    per = [json.loads(line) for line in (tmp_path / "r" / "per_sample.jsonl").read_text().splitlines()]
+    assert all(p["errors"][0].startswith(f"more than {MAX_INSTANCES} instances") for p in per)
+
+
+def test_one_row_without_id_is_an_error_listing_it(tmp_path):
+    data, keys, _ = tiny_split(tmp_path)
+    rows = [{"id": key, "response": GOOD} for key in keys]
+    del rows[2]["id"]
+    with pytest.raises(ValueError, match=r"p.jsonl: 1 of 4 rows have no 'id' while others do .*line\(s\) 3$"):
+        evaluate(write(tmp_path / "p.jsonl", rows), data, tmp_path / "r", FillDecoder(), **QUIET)
+
+
+def test_order_matching_only_without_ids_and_said_on_the_console(tmp_path):
+    data, keys, _ = tiny_split(tmp_path)
+    dec = FillDecoder()
+    dec.sizes = {f"img{k}": (48, 64) for k in range(4)}
+    said = []
+    res = evaluate(write(tmp_path / "p.jsonl", [{"response": GOOD}] * 4), data, tmp_path / "r", dec,
+                   n_first=0, n_worst=0, log=said.append)
+    assert res["seg"]["segmentation"]["gIoU"] > 0.8  # the decoded box: cell centres
+    assert any("has an 'id'" in s and "by file order" in s and "4 rows" in s for s in said)
+    with pytest.raises(ValueError, match=r"3 rows without ids for 4 ground-truth rows"):
+        evaluate(write(tmp_path / "q.jsonl", [{"response": GOOD}] * 3), data, tmp_path / "r", dec, **QUIET)
+    said.clear()
+    by_id = evaluate(write(tmp_path / "i.jsonl", [{"id": key, "response": GOOD} for key in keys]), data,
+                     tmp_path / "r", dec, n_first=0, n_worst=0, log=said.append)
+    assert not any("file order" in s for s in said)
+    assert by_id["seg"]["segmentation"] == res["seg"]["segmentation"]
+
+
+def test_id_errors_name_file_and_line(tmp_path):
+    data, keys, _ = tiny_split(tmp_path)
+    rows = [{"id": key, "response": GOOD} for key in keys] + [{"id": keys[1], "response": ""}]
+    with pytest.raises(ValueError, match=r"p.jsonl:5: duplicate id 's1#0' \(first on line 2\)"):
+        evaluate(write(tmp_path / "p.jsonl", rows), data, tmp_path / "r", FillDecoder(), **QUIET)
+    rows[-1]["id"] = "nope#0"
+    with pytest.raises(ValueError, match=r"p.jsonl: 1 id\(s\) not in .*val.jsonl: line 5 'nope#0'"):
+        evaluate(write(tmp_path / "p.jsonl", rows), data, tmp_path / "r", FillDecoder(), **QUIET)
+
+
+def test_unreadable_lines_name_file_and_line(tmp_path):
+    data, keys, gt_rows = tiny_split(tmp_path)
+    good = "".join(json.dumps({"id": key, "response": GOOD}) + "\n" for key in keys[:2])
+    (tmp_path / "u.jsonl").write_bytes(good.encode() + b'{"id": "s2#0", "response": "\xff\xfe"}\n')
+    with pytest.raises(ValueError, match=r"u.jsonl:3: not UTF-8 text \(byte 0xff at column 29\)"):
+        evaluate(tmp_path / "u.jsonl", data, tmp_path / "r", FillDecoder(), **QUIET)
+    (tmp_path / "j.jsonl").write_text(good + "\n{oops\n")
+    with pytest.raises(ValueError, match=r"j.jsonl:4: not JSON"):
+        evaluate(tmp_path / "j.jsonl", data, tmp_path / "r", FillDecoder(), **QUIET)
+    (tmp_path / "n.jsonl").write_text(good + '{"id": "s2#0"}\n')
+    with pytest.raises(ValueError, match=r"n.jsonl:3: field 'response' missing"):
+        evaluate(tmp_path / "n.jsonl", data, tmp_path / "r", FillDecoder(), **QUIET)
+    gt_file = data / "easyr1" / "val.jsonl"
+    gt_file.write_bytes(gt_file.read_bytes() + b"\xc3\n")
+    with pytest.raises(ValueError, match=r"val.jsonl:5: not UTF-8"):
+        read_ground_truth(gt_file)
+    bad_gt = json.loads(gt_rows[1])
+    bad_gt["answer"] = bad_gt["answer"].replace('"image_size":[64,48]', '"image_size":[70000,70000]')
+    gt_file.write_text("\n".join([gt_rows[0], json.dumps(bad_gt)]) + "\n")
+    with pytest.raises(ValueError, match=r"val.jsonl:2: field 'answer': .*image_size: size 70000x70000 .*MAX_PIXELS"):
+        read_ground_truth(gt_file)
+
+
+def test_missing_predictions_are_printed(tmp_path):
+    data, keys, _ = tiny_split(tmp_path, n=8)
+    dec = FillDecoder()
+    dec.sizes = {f"img{k}": (48, 64) for k in range(8)}
+    said = []
+    res = evaluate(write(tmp_path / "p.jsonl", [{"id": keys[0], "response": GOOD}]), data, tmp_path / "r", dec,
+                   n_first=0, n_worst=0, log=said.append)
+    assert res["_meta"]["missing_predictions"] == 7 and res["_meta"]["missing_ids"] == keys[1:]
+    line = next(s for s in said if "no prediction" in s)
+    assert line.startswith("eval: 7 of 8 expressions have no prediction in") and "s1#0, s2#0" in line
+    assert line.endswith(", ...") and "s7#0" not in line
+
+
+def test_cli_eval_errors_name_file_and_line(tmp_path, capsys):
+    from getok_core.cli import main
+
+    data, keys, _ = tiny_split(tmp_path)
+    pred = write(tmp_path / "p.jsonl", [{"id": keys[0], "response": GOOD}, {"response": GOOD}])
+    assert main(["eval", "--pred", str(pred), "--data", str(data), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "getok eval: error:" in err and "p.jsonl: 1 of 2 rows have no 'id'" in err and "line(s) 2" in err

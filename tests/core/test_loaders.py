@@ -16,6 +16,7 @@ from getok_core.data.loaders import (DATASETS, fill_polygon, image_size, load_co
                                 reasonseg_masks)
 from getok_core.data.masks import decode_rle, encode_rle, uncompressed_counts
 from getok_core.data.records import Sample, Skipped
+from getok_core.data.rows import SKIP_KINDS, skip_kind
 
 W, H = 10, 8
 
@@ -141,6 +142,7 @@ def test_coco_bad_segmentations_are_skipped(tmp_path, seg, field, reason):
     assert len(skipped) == 1, _reasons(skipped)
     assert skipped[0].field == field and reason in skipped[0].reason, _reasons(skipped)
     assert "annotation id 1" in skipped[0].row
+    assert skip_kind(skipped[0].field, skipped[0].reason) == "bad-mask"
 
 
 def test_coco_polygon_partly_outside_is_clipped(tmp_path):
@@ -598,3 +600,47 @@ def test_malformed_ids(tmp_path):
     ann_file, img_dir = _coco_fixture(tmp_path, [{"image_id": 1, "category_id": 1, "segmentation": []}])
     with pytest.raises(ValueError, match="not a COCO instances file"):
         load_coco(ann_file, img_dir)
+
+
+def test_duplicate_ids_skip_later_rows_with_their_lines(tmp_path):
+    _png(str(tmp_path / "a.png"))
+    rows = [{"id": "r1", "image": "a.png", "expressions": ["x"], "targets": [{"box": [1, 1, 5, 5]}]},
+            {"id": "r1", "image": "a.png", "expressions": ["y"], "targets": [{"box": [2, 2, 6, 6]}]},
+            {"id": "r2", "image": "a.png", "expressions": ["z"], "targets": [{"box": [2, 2, 6, 6]}]},
+            {"id": "r1", "image": "a.png", "expressions": ["w"], "targets": [{"box": [2, 2, 6, 6]}]}]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    skipped, origins = [], {}
+    samples = list(load_jsonl(str(path), skipped=skipped, origins=origins))
+    assert [(s.sample_id, s.expressions) for s in samples] == [("data/r1", ["x"]), ("data/r2", ["z"])]
+    assert [(k.row, k.field) for k in skipped] == [("line 2", "id"), ("line 4", "id")]
+    assert all("first at line 1" in k.reason and skip_kind(k.field, k.reason) == "duplicate-id" for k in skipped)
+    assert origins == {"data/r1": (str(path), "line 1"), "data/r2": (str(path), "line 3")}
+    # COCO: a repeated annotation id
+    ann_file, img_dir = _coco_fixture(tmp_path / "c", [_ann(1, [[1, 1, 4, 1, 4, 3, 1, 3]]),
+                                                       _ann(1, [[1, 1, 5, 1, 5, 3, 1, 3]])])
+    skipped = []
+    assert len(list(load_dataset("coco", ann_file, image_dir=img_dir, skipped=skipped))) == 1
+    assert len(skipped) == 1 and "annotations[1]" in skipped[0].row and "duplicate" in skipped[0].reason
+
+
+def test_skip_kinds_of_loader_reasons():
+    cases = {
+        ("image", "image file not found: /x/a.png"): "image-missing",
+        ("image", "unreadable image /x/a.png: not a readable image"): "image-unreadable",
+        ("image", "image size mismatch: the annotation says 640x480, ..."): "image-size-mismatch",
+        ("", "not a JSON object: Expecting value"): "not-json",
+        ("iscrowd", "crowd annotation (iscrowd=1) left out"): "crowd",
+        ("image_id", "no image with id 7"): "missing-reference",
+        ("ann_id", "no annotation with id 3 in instances.json"): "missing-reference",
+        ("size", "size must be [width, height], got 3"): "bad-size",
+        ("sentences", "no non-empty sentence"): "bad-expression",
+        ("targets[0].box", "inverted box [3, 1, 1, 2] (needs x1 <= x2 and y1 <= y2)"): "bad-box",
+        ("targets[0].points[0]", "point [50, 1] outside the image"): "bad-point",
+        ("lanes[0]", "polyline lies outside the image"): "bad-polyline",
+        ("segmentation", "corrupt RLE: bad characters"): "bad-mask",
+        ("task", "task must be one of ..."): "bad-field",
+    }
+    for (field, reason), kind in cases.items():
+        assert skip_kind(field, reason) == kind, (field, reason)
+        assert kind in SKIP_KINDS

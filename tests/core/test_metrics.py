@@ -485,3 +485,24 @@ def test_evaluate_predictions_box_point_line():
     assert r["point"]["point"]["gt_kind"] == "points" and r["point"]["point"]["accuracy"] == 0.5
     mixed = evaluate_predictions([{"parsed": near, "gt": gt_pt}, {"parsed": pt_in, "gt": gt_pt_mask}])
     assert mixed["point"]["point"]["gt_kind"] == "mixed" and mixed["point"]["point"]["accuracy"] == 1.0
+
+
+def test_point_family_holds_one_decoded_mask_at_a_time():
+    """Point records against mask targets (issue 18): the ground-truth masks stay RLE until each
+    expression is scored, so memory does not grow with the number of expressions."""
+    import tracemalloc
+
+    m = np.zeros((480, 640), bool)
+    m[100:300, 200:400] = True
+    gt_pt = make_ground_truth(Sample(sample_id="pm", image_path="", image_size=(640, 480), expressions=["x"],
+                                     targets=[Target(mask=encode_rle(m), points=((0.5, 0.4),))], task="point"))
+    pt_in = parse_answer(format_answer([Instance(point=(0.45, 0.4))], VOCAB), VOCAB)
+    records = [{"parsed": pt_in, "gt": gt_pt}] * 200   # 200 decoded masks would be 61 MB
+    tracemalloc.start()
+    try:
+        res = evaluate_predictions(records)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res["point"]["point"]["accuracy"] == 1.0 and res["point"]["point"]["gt_kind"] == "mask"
+    assert peak < 12 * 2**20, peak

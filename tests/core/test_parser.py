@@ -227,3 +227,70 @@ def test_format_answer_rejects_degenerate_instances():
     with pytest.raises(ValueError):
         format_answer([Instance(polyline=[(0.5, 0.5), (0.501, 0.501)])], V)
     assert format_answer([], V) == "<answer><none></answer>"
+
+
+# ---------------------------------------------------------------------- caps (issue 18)
+def _points(n, vocab=V):
+    g = vocab.grid_size
+    return "<answer>" + "\n".join(f"<point><grid{i % g},{(i // g) % g}></point>" for i in range(n)) + "</answer>"
+
+
+def test_instance_cap():
+    from getok_core.codec.answer import MAX_INSTANCES
+
+    p = ok(_points(MAX_INSTANCES))
+    assert len(p.instances) == MAX_INSTANCES
+    p = bad(_points(MAX_INSTANCES + 1), f"more than {MAX_INSTANCES} instances")
+    assert p.errors[0].startswith(f"more than {MAX_INSTANCES} instances")
+    assert len(p.instances) == len(p.cells) == MAX_INSTANCES  # the first ones are kept, the rest dropped
+    assert not p.no_target
+    # the issue's reproduction: 8000 <point>s (200 KB) keep 100 instances, and the rest is not read
+    text = _points(8000)[:-len("</answer>")] + "\n<box><grid1,1></box></answer>"
+    with time_limit(10):
+        p = parse_answer(text, V)
+    assert len(p.instances) == MAX_INSTANCES and not any("<box> has" in e for e in p.errors)
+    assert len(p.errors) == 1
+
+
+def test_point_cap():
+    from getok_core.codec.answer import MAX_POINTS
+
+    big = GetokVocab(grid_size=128)  # 16384 cells: one <seg> can hold MAX_POINTS distinct ones
+
+    def seg(k, start=0):
+        return "<seg>" + "".join(big.grid_token(c % 128, c // 128) for c in range(start, start + k)) + "</seg>"
+
+    p = parse_answer("<answer>" + seg(MAX_POINTS) + "</answer>", big)
+    assert p.valid and len(p.instances[0].points) == MAX_POINTS
+    p = parse_answer("<answer>" + seg(MAX_POINTS + 1) + "</answer>", big)
+    assert not p.valid and p.instances == [] and p.errors[0].startswith(f"more than {MAX_POINTS} grid tokens")
+    assert not p.no_target
+    # instances of 100 seg points (plus a box: 102 tokens each): the one passing the cap and the rest are dropped
+    lines = [BOX + seg(100, 100 * i) for i in range(60)]
+    p = parse_answer("<answer>" + "\n".join(lines) + "</answer>", big)
+    assert not p.valid and len(p.instances) == MAX_POINTS // 102
+    assert "cut after instance 40" in p.errors[0]
+    # a 5 MB answer of valid lines is cut as fast as a short one
+    with time_limit(10):
+        p = parse_answer("<answer>" + "\n".join([BOX + SEG] * 80_000) + "</answer>", V)
+    assert not p.valid and len(p.instances) == 100
+
+
+def test_cap_message_survives_many_errors():
+    text = "<answer>" + "<box><grid1></box>\n" * 60 + _points(200)[len("<answer>"):]
+    p = parse_answer(text, V)
+    assert p.errors[0].startswith("more than 100 instances") and len(p.errors) <= 51
+    assert p.errors[-1].startswith("... and ")
+
+
+def test_offset_caps():
+    from getok_core.codec.answer import MAX_INSTANCES, MAX_POINTS
+
+    props = [Instance(point=(0.5, 0.5))] * 3
+    line = "<offset><OFF0,0></offset>"
+    p = parse_offsets("<answer>" + "\n".join([line] * (MAX_INSTANCES + 5)) + "</answer>", props, V)
+    assert not p.valid and any(e.startswith(f"more than {MAX_INSTANCES} <offset> lines") for e in p.errors)
+    p = parse_offsets("<answer><offset>" + "<OFF0,0>" * (MAX_POINTS + 1) + "</offset></answer>", props[:1], V)
+    assert not p.valid and p.offsets == [None] and any("offset tokens" in e for e in p.errors)
+    ok_text = "<answer>" + "\n".join([line] * 3) + "</answer>"
+    assert parse_offsets(ok_text, props, V).valid

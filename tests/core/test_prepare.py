@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import getok_core
 from getok_core import GetokVocab, parse_answer, parse_offsets
 from getok_core.data import groundtruth
 from getok_core.prepare import PrepareConfig, prepare
@@ -155,7 +156,10 @@ def test_killed_process_resumes_to_identical_bytes(sample_root, reference, tmp_p
     out = tmp_path / "killed"
     exe = shutil.which("getok", path=str(Path(sys.executable).parent))
     cmd = [exe, "prepare", "--dataset", "sample", "--root", str(sample_root), "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)  # the subprocess runs this checkout, whatever copy the console script names
+    env["PYTHONPATH"] = str(Path(getok_core.__file__).resolve().parents[1]) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     records = out / "records" / "shard-00000-of-00001.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -166,7 +170,7 @@ def test_killed_process_resumes_to_identical_bytes(sample_root, reference, tmp_p
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     same_outputs(ref, out)
 
@@ -191,6 +195,7 @@ def test_bad_images_are_skipped_with_reasons(sample_root, tmp_path):
         return [r for r in summary["skipped_rows"] if image.name in r.get("source", "") + r["reason"]]
 
     assert any("unreadable" in r["reason"] for r in about(images[0]))
+    assert set(summary["skip_reasons"]) <= {"image-unreadable", "image-size-mismatch", "image-missing", "no-proposal"}
     # the loader checks image headers against the annotated size (source = annotation file + row)
     assert sum("size mismatch" in r["reason"] and "12x10" in r["reason"] for r in summary["skipped_rows"]) >= 4
     assert any("not found" in r["reason"] for r in about(images[2]))

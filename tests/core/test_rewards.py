@@ -639,3 +639,71 @@ def test_rle_membership_matches_decoded_mask(shape, seed, pts):
     want = [m[point_pixel((u, v), (w, h))] for u, v in pts]
     assert got.tolist() == want
     assert truth.targets[0].area_px == m.sum()
+
+
+# ---------------------------------------------------------------------- caps (issue 18)
+def test_answers_past_the_caps_are_invalid_and_bounded():
+    """Past ``codec.answer.MAX_INSTANCES`` the answer is invalid (format 0, the cap first in
+    errors) and only the first instances are scored; the fast path leaves it to parse_answer."""
+    import time
+
+    from getok_core.codec.answer import MAX_INSTANCES
+
+    g = gt([target(M1, BOX1)])
+    at_cap = ans([PERFECT] * MAX_INSTANCES)
+    assert fast_answer(at_cap, V) is not None and score_grid(at_cap, g, V).components["format"] == 1.0
+    over = ans([PERFECT] * (MAX_INSTANCES + 1))
+    assert fast_answer(over, V) is None
+    assert read_answer(over, V) == GridAnswer.of(parse_answer(over, V))
+    assert len(read_answer(over, V).cells) == MAX_INSTANCES
+    r = score_grid(over, g, V)
+    assert r.components["format"] == 0.0 and r.errors[0].startswith(f"more than {MAX_INSTANCES} instances")
+    # the issue's reproduction: 10,000 <point>s on a point task, and a 5 MB answer: scored at once
+    pts = ans([f"<point><grid{i % 10},{i // 10 % 10}></point>" for i in range(10_000)])
+    huge = ans([PERFECT] * 70_000)
+    t0 = time.perf_counter()
+    rp = score_grid(pts, gt([target(M1, BOX1, points=[(0.3, 0.4)])], task="point"), V)
+    rh = score_grid(huge, g, V)
+    assert time.perf_counter() - t0 < 20  # (well under a second on one core: bench/bench_rewards.py)
+    for res in (rp, rh):
+        assert res.components["format"] == 0.0 and res.errors[0].startswith("more than")
+        assert all(0 <= v <= 1 for v in res.components.values())
+
+
+@settings(max_examples=300)
+@given(st.integers(90, 110), st.integers(0, 3))
+def test_fast_path_agrees_around_the_caps(n_lines, blank):
+    """Canonical answers around MAX_INSTANCES lines (with blank lines, which the fast path does
+    not count as instances): whatever path reads them, they read as parse_answer reads them."""
+    text = ans([PERFECT] * n_lines + [""] * blank)
+    fast, slow = fast_answer(text, V), GridAnswer.of(parse_answer(text, V))
+    assert read_answer(text, V) == (slow if fast is None else fast)
+    assert fast is None or fast == slow
+    assert slow.valid == (n_lines <= 100)
+
+
+def test_ground_truth_over_the_pixel_cap_scores_zero(monkeypatch):
+    """A ground truth whose image passes ``data.masks.MAX_PIXELS`` scores 0 with the reason, before
+    any mask of its size exists (issue 18: 70000^2 took 9.6 GB per call, 100000^2 crashed)."""
+    from getok_core.data import masks
+
+    def raw(w, h):
+        return json.dumps({"version": 1, "sample_id": "t", "image_key": "k", "image_path": "", "image_size": [w, h],
+                           "task": "seg", "expression": "x", "no_target": False, "ignore": None, "extra": {},
+                           "targets": [{"mask": {"size": [h, w], "counts": [w * h - 1, 1]}, "box": None,
+                                        "points": [], "polyline": None}]})
+
+    for w, h in ((16384, 8193), (70_000, 70_000), (100_000, 100_000)):  # just above the cap, the issue's two
+        r = score_grid(ans([PERFECT]), raw(w, h), V)
+        rr = score_refine(format_offsets([[(0, 0)] * 5], V), raw(w, h), V, proposal=ans([PERFECT]))
+        assert r.overall == 0.0 and rr.overall == 0.0
+        assert r.errors[0].startswith(f"ground truth: image_size: size {w}x{h} (WxH)") and "MAX_PIXELS" in r.errors[0]
+    ok_gt = gt([target(M1, BOX1)])
+    assert score_grid(ans([PERFECT]), ok_gt, V).overall > 0
+    monkeypatch.setattr(masks, "MAX_PIXELS", W * H - 1)  # the same bound, set low: this image passes it
+    clear_cache()
+    try:
+        r = score_grid(ans([PERFECT]), ok_gt, V)
+        assert r.overall == 0.0 and f"{W * H:,} pixels, over the cap of {W * H - 1:,}" in r.errors[0]
+    finally:
+        clear_cache()
