@@ -1,19 +1,18 @@
-"""The EasyR1 reward functions (easyr1_plugin/reward.py) under EasyR1's contract, and verl's
-``compute_score`` called directly (no verl needed; tests/verl drives it through verl itself).
+"""The EasyR1 reward functions (easyr1_plugin/reward.py) called directly with inputs of EasyR1's
+contract, and verl's ``compute_score`` called directly (no framework needed here).
 
-EasyR1 loads the reward file by path as module ``custom_reward_fn``, binds
-``worker.reward.reward_function_kwargs`` with functools.partial and calls the function with a
-list of ``{"response", "response_length", "ground_truth"}`` dicts; it reads ``overall`` for the
-reward tensor and logs every key of every returned dict (appending each value to a list and
-averaging it), so every value must be a float and every dict must have the same keys.
+These are properties of the adapter only. EasyR1's own reward manager (``RewardConfig`` +
+``AutoRewardManager`` on a ``DataProto``, decoding the tiny model's token ids) drives the same
+functions in tests/easyr1 (the easyr1 environment, EasyR1's source); verl's in tests/verl. The inputs
+are a list of ``{"response", "response_length", "ground_truth"}`` dicts (FRAMEWORKS.md); EasyR1
+averages every returned key over the batch, so every value must be a float and every dict of a
+batch must have the same keys.
 """
 
 import importlib.util
 import json
 import os
 import sys
-from collections import defaultdict
-from functools import partial
 
 import numpy as np
 import pytest
@@ -68,20 +67,9 @@ def gt(image_path="", targets=True, extra=None):
     return ground_truth(t, image_path=image_path, image_key="scene", extra=extra)
 
 
-def easyr1_manager(fn, kwargs, responses, ground_truths):
-    """What EasyR1's BatchFunctionRewardManager does with the function (minus the tokenizer)."""
-    reward_fn = partial(fn, **kwargs)
-    inputs = [{"response": r, "response_length": len(r), "ground_truth": g} for r, g in zip(responses, ground_truths)]
-    scores = reward_fn(inputs)
-    assert isinstance(scores, list) and len(scores) == len(inputs)
-    metrics = defaultdict(list)
-    tensor = []
-    for score in scores:
-        tensor.append(score["overall"])
-        for key, value in score.items():
-            metrics[key].append(value)
-    summary = {k: float(np.mean(v)) for k, v in metrics.items()}  # EasyR1 averages each key
-    return scores, tensor, summary
+def inputs(responses, ground_truths) -> list[dict]:
+    """EasyR1's reward inputs (the manager's decoded responses, here given as text)."""
+    return [{"response": r, "response_length": len(r), "ground_truth": g} for r, g in zip(responses, ground_truths)]
 
 
 def test_module_contract(easyr1):
@@ -113,37 +101,6 @@ def test_reward_files_import_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'overall': 0.0" in out.stdout and "'score': 0.0" in out.stdout
-
-
-def test_grid_reward(easyr1, image_path):
-    responses = [f"<think>It is red.</think><answer>{PERFECT}</answer>", "garbage", "<answer><none></answer>"]
-    truths = [gt(image_path), gt(image_path), "not json"]
-    scores, tensor, summary = easyr1_manager(easyr1.grid_reward, {"grid_size": 10}, responses, truths)
-    keys = {"overall", "format", "nonrepeat", "box", "points"}
-    for s in scores:
-        assert set(s) == keys and all(type(v) is float for v in s.values())
-    assert scores[0]["box"] == 1.0 and scores[0]["format"] == 1.0
-    assert scores[1] == {"overall": 0.5, "format": 0.0, "nonrepeat": 1.0, "box": 0.0, "points": 0.0}
-    assert scores[2]["overall"] == 0.0  # a broken ground truth
-    assert set(summary) == keys
-
-    with_mask, _, _ = easyr1_manager(easyr1.grid_reward, {"grid_size": 10, "decoder": "region"}, responses, truths)
-    assert set(with_mask[0]) == keys | {"mask"} and with_mask[0]["mask"] == 1.0
-    assert with_mask[0]["overall"] == pytest.approx(scores[0]["overall"] + 1.0)
-    weighted, _, _ = easyr1_manager(easyr1.grid_reward, {"grid_size": 10, "weights": {"format": 2.0}},
-                                    responses[:1], truths[:1])
-    assert weighted[0]["overall"] == pytest.approx(scores[0]["overall"] + 1.5)
-
-
-def test_refine_reward(easyr1, image_path):
-    g = gt(image_path, extra={"proposal": PROPOSAL})
-    good = format_offsets([[(0, 0)] * 5], V)
-    scores, _, _ = easyr1_manager(easyr1.refine_reward, {"grid_size": 10, "decoder": "region"},
-                                  [good, "junk", good], [g, g, gt(image_path)])
-    assert set(scores[0]) == {"overall", "format", "point", "box", "mask_gain"}
-    assert scores[0]["format"] == 1.0 and scores[0]["point"] == 1.0 and scores[0]["mask_gain"] == 0.5
-    assert scores[1]["overall"] == 0.0
-    assert scores[2]["overall"] == 0.0  # no proposal in the ground truth
 
 
 def test_bad_configuration_raises(easyr1):
@@ -207,8 +164,9 @@ def test_adversarial_batches(easyr1, verl_reward, batch, refine):
     fn = easyr1.refine_reward if refine else easyr1.grid_reward
     rs = [r for r, _ in batch]
     gs = [g for _, g in batch]
-    scores, _, _ = easyr1_manager(fn, {"grid_size": 10}, rs, gs)
-    again, _, _ = easyr1_manager(fn, {"grid_size": 10}, rs, gs)
+    scores = fn(inputs(rs, gs), grid_size=10)
+    again = fn(inputs(rs, gs), grid_size=10)
+    assert isinstance(scores, list) and len(scores) == len(batch)
     assert scores == again
     keys = set(scores[0])
     for s in scores:

@@ -21,7 +21,7 @@ from getok_core.data.sample_data import write_sample_dataset
 from getok_core.data.store import STALE_AFTER_S, FolderLock, LockHeld, host_name
 from getok_core.decoders.region import region_labels
 from getok_core.prepare import PrepareConfig, prepare
-from getok_core.prepare.proposals import (RegionProposer, SamProposer, grid_pixels, nearest_index,
+from getok_core.prepare.proposals import (RegionProposer, grid_pixels, nearest_index,
                                           region_proposals)
 
 QUIET = {"log": lambda *a: None}
@@ -198,31 +198,7 @@ def test_bounded_region_proposals_map_back_exactly():
     assert RegionProposer(max_pixels=0).tag == RegionProposer().tag != RegionProposer(max_pixels=5).tag
 
 
-def test_bounded_sam_proposals_are_upsampled_to_the_original_frame():
-    class Stub:
-        model = None
-
-        def set_image(self, rgb):
-            self.shape = rgb.shape
-
-    class StubSam(SamProposer):
-        wrap = staticmethod(lambda m: m)
-
-        def _best_masks(self, points, size):
-            w, h = size
-            assert (h, w, 3) == self.predictor.shape  # prompts in the downscaled frame
-            yy, xx = np.mgrid[0:h, 0:w]
-            masks = np.stack([(xx - x) ** 2 + (yy - y) ** 2 < 9 for x, y in points])
-            return masks, [1.0] * len(points)
-
-    prop = StubSam(Stub(), model_id="stub", max_pixels=24 * 18)
-    p = prop(picture(96, 72), 4)
-    assert p.image_size == (96, 72) and "max_pixels=432" in prop.tag
-    sw, sh = work_size((96, 72), 24 * 18)
-    ri, ci = nearest_index(72, sh), nearest_index(96, sw)
-    yy, xx = np.mgrid[0:sh, 0:sw]
-    x, y = (0.5 * sw / 4, 0.5 * sh / 4)
-    assert np.array_equal(decode_rle(p.rles[0]), ((xx - x) ** 2 + (yy - y) ** 2 < 9)[ri[:, None], ci[None, :]])
+# bounded SAM proposals (a real tiny SAM): tests/swift/test_sam_proposals.py
 
 
 def test_prepare_with_a_low_bound(small, tmp_path):

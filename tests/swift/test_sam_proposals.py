@@ -184,3 +184,27 @@ def test_cache_skips_the_encoder(sam, tmp_path):
 def test_sam2_proposer_needs_sam2(sam):
     with pytest.raises(ImportError, match="sam2"):
         Sam2Proposer(sam)
+
+
+def test_bounded_proposals_are_the_downscaled_images_upsampled(sam):
+    """``max_pixels``: SAM sees the image downscaled (PIL box filter), prompted at the grid of the
+    downscaled frame; every original pixel takes its mask value from the downscaled pixel holding
+    its centre. Equal to the unbounded proposer on the downscaled image, upsampled that way."""
+    from getok_core.data.images import resize_rgb, work_size
+    from getok_core.data.masks import decode_rle
+    from getok_core.prepare.proposals import nearest_index
+
+    img = image(72, 96, seed=3)
+    bound = 40 * 30
+    bounded = SamProposer(sam, max_pixels=bound)(img, 4)
+    sw, sh = work_size((96, 72), bound)
+    assert (sw, sh) == (40, 30)
+    small = SamProposer(sam)(resize_rgb(img, (sw, sh)), 4)
+    ri, ci = nearest_index(72, sh), nearest_index(96, sw)
+    assert bounded.image_size == (96, 72) and len(bounded.rles) == len(small.rles) == 16
+    for got, want in zip(bounded.rles, small.rles):
+        assert np.array_equal(decode_rle(got), decode_rle(want)[ri[:, None], ci[None, :]])
+    assert bounded.scores == small.scores
+    assert "max_pixels=1200" in SamProposer(sam, max_pixels=bound).tag
+    # within the bound: the unbounded result, bit for bit
+    assert SamProposer(sam, max_pixels=96 * 72)(img, 4).rles == SamProposer(sam)(img, 4).rles
