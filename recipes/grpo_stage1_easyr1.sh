@@ -37,8 +37,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # --- model, data, outputs
 MODEL=${MODEL:-output/getok-cold-start-qwen2.5-vl-7b/merged}  # merged cold-start model (recipes/cold_start_swift.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
-TRAIN_DATA=${TRAIN_DATA:-$PREPARED/easyr1/train.jsonl}
-VAL_DATA=${VAL_DATA:-$PREPARED/easyr1/val.jsonl}
+SPLIT=${SPLIT:-train}
+VAL_SPLIT=${VAL_SPLIT-val}                    # empty: no held-out validation (periodic validation off; docs/training.md)
+TRAIN_DATA=${TRAIN_DATA:-$PREPARED/easyr1/$SPLIT.jsonl}
+VAL_DATA=${VAL_DATA:-$PREPARED/easyr1/$VAL_SPLIT.jsonl}   # `getok prepare` without --split writes every split
 OUT=${OUT:-output/getok-grpo-easyr1}          # checkpoints in $OUT/stage1/global_step_N, merged model $OUT/stage1/merged
 EASYR1_DIR=${EASYR1_DIR:-EasyR1}              # the EasyR1 clone (for scripts/model_merger.py)
 PYTHON=${PYTHON:-python3}                     # the Python of the EasyR1 environment
@@ -72,9 +74,16 @@ MAX_STEPS=${MAX_STEPS:-}                      # empty: EPOCHS over the data
 SAVE_FREQ=${SAVE_FREQ:-50}
 VAL_FREQ=${VAL_FREQ:-50}
 LORA_RANK=${LORA_RANK:-0}                     # 0: full fine-tuning (EasyR1's default); > 0: LoRA (recent EasyR1)
+LORA_EXCLUDE=${LORA_EXCLUDE:-.*visual.*}      # LORA_RANK > 0: no LoRA on the vision tower (EasyR1 syncs only the language layers' LoRA to vLLM)
+FREEZE_VISION_TOWER=${FREEZE_VISION_TOWER:-false}  # true: train the language model only
+ONLINE_FILTERING=${ONLINE_FILTERING:-false}   # true: drop prompts whose answers all score alike (EasyR1's DAPO filter on `overall`)
+SAVE_MODEL_ONLY=${SAVE_MODEL_ONLY:-false}     # true: checkpoints without optimizer state (smaller; a resume restarts the optimizer)
+VAL_BATCH=${VAL_BATCH:-64}                    # validation prompts per generation and reward call (EasyR1's -1 = all in one call:
+                                              # the SAM service's SAM_TIMEOUT_S covers one call)
 
 # --- mask reward (see the header)
 MASK_DECODER=${MASK_DECODER:-ray}             # ray | sam | region | none
+REWARD_CPUS=${REWARD_CPUS:-$([ "$MASK_DECODER" = sam ] && echo 16 || echo 4)}  # CPUs (= torch threads) of each reward actor (train, val)
 SAM_CHECKPOINT=${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}
 SAM_MODEL_TYPE=${SAM_MODEL_TYPE:-vit_h}
 SAM_NAME=${SAM_NAME:-getok-sam}               # the Ray Serve application name
@@ -123,6 +132,20 @@ case "$MASK_DECODER" in
   *) echo "MASK_DECODER must be ray, sam, region or none" >&2; exit 2 ;;
 esac
 
+# the rows EasyR1 reads; validation: VAL_DATA, or with VAL_SPLIT= the first VAL_BATCH training rows
+# (EasyR1 always builds a non-empty validation set and validates once after training; `FILE@train[:N]`
+# is a slice of FILE)
+for f in "$TRAIN_DATA" ${VAL_SPLIT:+"$VAL_DATA"}; do
+  [ "$DRY_RUN" = "1" ] || [ -s "$f" ] || {
+    echo "grpo_stage1_easyr1: $f missing (getok prepare without --split writes every split; VAL_SPLIT= trains without one)" >&2
+    exit 2; }
+done
+val_files=$(abspath "$VAL_DATA")
+if [ -z "$VAL_SPLIT" ]; then
+  val_files="$(abspath "$TRAIN_DATA")@train[:$VAL_BATCH]"
+  VAL_FREQ=-1
+fi
+
 started_ray=0
 started_sam=0
 cleanup() {
@@ -151,23 +174,20 @@ fi
 
 ckpt=$(realpath -m "$OUT")/stage1         # absolute: Ray workers and the symlink below need it
 args=(
+  config="$REPO/easyr1_plugin/configs/easyr1/grpo.yaml"   # the fixed settings; the keys below win
   data.train_files="$(abspath "$TRAIN_DATA")"
-  data.val_files="$(abspath "$VAL_DATA")"
-  data.prompt_key=prompt
-  data.answer_key=answer
-  data.image_key=images
+  data.val_files="$val_files"
   data.format_prompt="$REPO/easyr1_plugin/format_prompt/getok_grid.jinja"
   data.max_prompt_length="$MAX_PROMPT"
   data.max_response_length="$MAX_RESPONSE"
   data.rollout_batch_size="$ROLLOUT_BATCH"
+  data.val_batch_size="$VAL_BATCH"
   data.max_pixels="$MAX_PIXELS"
   data.min_pixels="$MIN_PIXELS"
-  algorithm.adv_estimator=grpo
-  algorithm.disable_kl=false
-  algorithm.use_kl_loss=true
-  algorithm.kl_penalty=low_var_kl
   algorithm.kl_coef="$KL_COEF"
+  algorithm.online_filtering="$ONLINE_FILTERING"
   worker.actor.model.model_path="$(abspath "$MODEL")"
+  worker.actor.model.freeze_vision_tower="$FREEZE_VISION_TOWER"
   worker.actor.global_batch_size="$GLOBAL_BATCH"
   worker.actor.micro_batch_size_per_device_for_update="$MICRO_UPDATE"
   worker.actor.micro_batch_size_per_device_for_experience="$MICRO_EXPERIENCE"
@@ -178,10 +198,12 @@ args=(
   worker.rollout.tensor_parallel_size="$ROLLOUT_TP"
   worker.rollout.gpu_memory_utilization="$GPU_MEM_UTIL"
   worker.reward.reward_function="$REPO/easyr1_plugin/reward.py:grid_reward"
+  worker.reward.num_cpus="$REWARD_CPUS"
 )
 for kv in "${reward_kwargs[@]}"; do args+=("worker.reward.reward_function_kwargs.$kv"); done
 if [ "$LORA_RANK" != "0" ]; then
-  args+=(worker.actor.model.lora.rank="$LORA_RANK" worker.actor.model.lora.alpha="$LORA_RANK")
+  args+=(worker.actor.model.lora.rank="$LORA_RANK" worker.actor.model.lora.alpha="$LORA_RANK"
+    worker.actor.model.lora.exclude_modules="$LORA_EXCLUDE")   # vLLM gets only the language layers' LoRA
 fi
 args+=(
   trainer.project_name="$PROJECT"
@@ -191,9 +213,8 @@ args+=(
   trainer.n_gpus_per_node="$N_GPUS"
   trainer.total_epochs="$EPOCHS"
   trainer.val_freq="$VAL_FREQ"
-  trainer.val_before_train=false
   trainer.save_freq="$SAVE_FREQ"
-  trainer.save_limit=3
+  trainer.save_model_only="$SAVE_MODEL_ONLY"
   trainer.save_checkpoint_path="$ckpt"
 )
 [ -n "$MAX_STEPS" ] && args+=(trainer.max_steps="$MAX_STEPS")

@@ -14,7 +14,8 @@
 #   bash recipes/grpo_stage2_easyr1.sh          # after recipes/grpo_stage1_easyr1.sh (same OUT)
 #   DRY_RUN=1 bash recipes/grpo_stage2_easyr1.sh     # print the commands, one per line, run nothing
 #
-# Proposals: BACKEND=vllm (offline vLLM in this environment, all visible GPUs), or BACKEND=openai with
+# Proposals: BACKEND=vllm (one offline vLLM engine in this environment on PROPOSAL_TP GPUs, default 1:
+# the 7B fits one GPU; the size must divide its 28 attention heads), or BACKEND=openai with
 # ENDPOINT / SERVED_MODEL (any OpenAI-compatible server, e.g. `swift deploy` or `vllm serve` of the
 # stage-1 model), or BACKEND=transformers (slow; tests). NUM_SAMPLES > 1 writes several proposals
 # per expression (more varied turn-1 answers, a larger stage-2 set). Existing proposal files are
@@ -35,7 +36,7 @@ OUT=${OUT:-output/getok-grpo-easyr1}          # checkpoints in $OUT/stage2/globa
 MODEL=${MODEL:-$OUT/stage1/merged}            # the stage-1 model (recipes/grpo_stage1_easyr1.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
 SPLIT=${SPLIT:-train}
-VAL_SPLIT=${VAL_SPLIT:-val}                   # empty: no validation set (trains on SPLIT only)
+VAL_SPLIT=${VAL_SPLIT-val}                    # empty: no held-out validation (periodic validation off; docs/training.md)
 TRAIN_DATA=${TRAIN_DATA:-$PREPARED/easyr1/${SPLIT}_refine.jsonl}   # written by getok rollout-proposals
 VAL_DATA=${VAL_DATA:-$PREPARED/easyr1/${VAL_SPLIT}_refine.jsonl}
 EASYR1_DIR=${EASYR1_DIR:-EasyR1}              # the EasyR1 clone (for scripts/model_merger.py)
@@ -80,9 +81,16 @@ MAX_STEPS=${MAX_STEPS:-200}                   # the paper: ~200 steps (empty: EP
 SAVE_FREQ=${SAVE_FREQ:-50}
 VAL_FREQ=${VAL_FREQ:-25}
 LORA_RANK=${LORA_RANK:-0}                     # 0: full fine-tuning (EasyR1's default); > 0: LoRA (recent EasyR1)
+LORA_EXCLUDE=${LORA_EXCLUDE:-.*visual.*}      # LORA_RANK > 0: no LoRA on the vision tower (EasyR1 syncs only the language layers' LoRA to vLLM)
+FREEZE_VISION_TOWER=${FREEZE_VISION_TOWER:-false}  # true: train the language model only
+ONLINE_FILTERING=${ONLINE_FILTERING:-false}   # true: drop prompts whose answers all score alike (EasyR1's DAPO filter on `overall`)
+SAVE_MODEL_ONLY=${SAVE_MODEL_ONLY:-false}     # true: checkpoints without optimizer state (smaller; a resume restarts the optimizer)
+VAL_BATCH=${VAL_BATCH:-64}                    # validation prompts per generation and reward call (EasyR1's -1 = all in one call:
+                                              # the SAM service's SAM_TIMEOUT_S covers one call)
 
 # --- mask reward (see the header)
 MASK_DECODER=${MASK_DECODER:-ray}             # ray | sam | region | none
+REWARD_CPUS=${REWARD_CPUS:-$([ "$MASK_DECODER" = sam ] && echo 16 || echo 4)}  # CPUs (= torch threads) of each reward actor (train, val)
 SAM_CHECKPOINT=${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}
 SAM_MODEL_TYPE=${SAM_MODEL_TYPE:-vit_h}
 SAM_NAME=${SAM_NAME:-getok-sam}               # the Ray Serve application name
@@ -141,6 +149,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# the input rows of each proposal file that is not reused, checked before anything starts
+need_rows() {  # need_rows SPLIT OUTFILE
+  [ "$DRY_RUN" = "1" ] && return 0
+  [ "$REUSE_PROPOSALS" = "1" ] && [ -s "$2" ] && return 0
+  [ -s "$PREPARED/easyr1/$1.jsonl" ] && return 0
+  echo "grpo_stage2_easyr1: $PREPARED/easyr1/$1.jsonl missing (getok prepare without --split writes every split;" \
+    "VAL_SPLIT= trains without one)" >&2
+  exit 2
+}
+need_rows "$SPLIT" "$TRAIN_DATA"
+if [ -n "$VAL_SPLIT" ]; then need_rows "$VAL_SPLIT" "$VAL_DATA"; fi
+
 # 1. turn-1 proposals of the stage-1 model (before the service: vLLM may take every GPU here)
 proposals() {  # proposals SPLIT OUTFILE
   if [ "$REUSE_PROPOSALS" = "1" ] && [ "$DRY_RUN" != "1" ] && [ -s "$2" ]; then
@@ -157,10 +177,14 @@ proposals() {  # proposals SPLIT OUTFILE
   run env GETOK_GRID_SIZE="$GETOK_GRID_SIZE" "${a[@]}"
 }
 proposals "$SPLIT" "$TRAIN_DATA"
+# validation: the val split's proposals, or with VAL_SPLIT= the first VAL_BATCH training rows (EasyR1
+# always builds a non-empty validation set and validates once after training; `FILE@train[:N]` is a
+# slice of FILE)
 if [ -n "$VAL_SPLIT" ]; then
   proposals "$VAL_SPLIT" "$VAL_DATA"
+  val_files=$(abspath "$VAL_DATA")
 else
-  VAL_DATA=$TRAIN_DATA
+  val_files="$(abspath "$TRAIN_DATA")@train[:$VAL_BATCH]"
   VAL_FREQ=-1
 fi
 
@@ -183,23 +207,20 @@ fi
 
 ckpt=$(realpath -m "$OUT")/stage2         # absolute: Ray workers and the symlink below need it
 args=(
+  config="$REPO/easyr1_plugin/configs/easyr1/grpo.yaml"   # the fixed settings; the keys below win
   data.train_files="$(abspath "$TRAIN_DATA")"
-  data.val_files="$(abspath "$VAL_DATA")"
-  data.prompt_key=prompt
-  data.answer_key=answer
-  data.image_key=images
+  data.val_files="$val_files"
   data.format_prompt="$REPO/easyr1_plugin/format_prompt/getok_refine.jinja"
   data.max_prompt_length="$MAX_PROMPT"
   data.max_response_length="$MAX_RESPONSE"
   data.rollout_batch_size="$ROLLOUT_BATCH"
+  data.val_batch_size="$VAL_BATCH"
   data.max_pixels="$MAX_PIXELS"
   data.min_pixels="$MIN_PIXELS"
-  algorithm.adv_estimator=grpo
-  algorithm.disable_kl=false
-  algorithm.use_kl_loss=true
-  algorithm.kl_penalty=low_var_kl
   algorithm.kl_coef="$KL_COEF"
+  algorithm.online_filtering="$ONLINE_FILTERING"
   worker.actor.model.model_path="$(abspath "$MODEL")"
+  worker.actor.model.freeze_vision_tower="$FREEZE_VISION_TOWER"
   worker.actor.global_batch_size="$GLOBAL_BATCH"
   worker.actor.micro_batch_size_per_device_for_update="$MICRO_UPDATE"
   worker.actor.micro_batch_size_per_device_for_experience="$MICRO_EXPERIENCE"
@@ -210,10 +231,12 @@ args=(
   worker.rollout.tensor_parallel_size="$ROLLOUT_TP"
   worker.rollout.gpu_memory_utilization="$GPU_MEM_UTIL"
   worker.reward.reward_function="$REPO/easyr1_plugin/reward.py:refine_reward"
+  worker.reward.num_cpus="$REWARD_CPUS"
 )
 for kv in "${reward_kwargs[@]}"; do args+=("worker.reward.reward_function_kwargs.$kv"); done
 if [ "$LORA_RANK" != "0" ]; then
-  args+=(worker.actor.model.lora.rank="$LORA_RANK" worker.actor.model.lora.alpha="$LORA_RANK")
+  args+=(worker.actor.model.lora.rank="$LORA_RANK" worker.actor.model.lora.alpha="$LORA_RANK"
+    worker.actor.model.lora.exclude_modules="$LORA_EXCLUDE")   # vLLM gets only the language layers' LoRA
 fi
 args+=(
   trainer.project_name="$PROJECT"
@@ -223,9 +246,8 @@ args+=(
   trainer.n_gpus_per_node="$N_GPUS"
   trainer.total_epochs="$EPOCHS"
   trainer.val_freq="$VAL_FREQ"
-  trainer.val_before_train=false
   trainer.save_freq="$SAVE_FREQ"
-  trainer.save_limit=3
+  trainer.save_model_only="$SAVE_MODEL_ONLY"
   trainer.save_checkpoint_path="$ckpt"
 )
 [ -n "$MAX_STEPS" ] && args+=(trainer.max_steps="$MAX_STEPS")

@@ -17,9 +17,10 @@
 # Data: `getok prepare` writes verl/SPLIT_refine.parquet (rows with agent_name=getok_refine; the
 # same prompts as verl/SPLIT.parquet). The recipe writes the agent-loop YAML of each stage,
 # $OUT/agent_loop_STAGE.yaml (stage, rounds, overlay and the reward kwargs from the variables
-# below), and passes it as actor_rollout_ref.rollout.agent.agent_loop_config_path. The reward
-# function reward.custom_reward_function.* (easyr1_plugin/verl_reward.py) gets the same kwargs: it
-# scores whatever the agent loop leaves unscored. Every key is explained in docs/training.md.
+# below), and passes it as actor_rollout_ref.rollout.agent.agent_loop_config_path. The reward is
+# `reward=getok` (GETok's Hydra config option, installed with the package: reward.custom_reward_function
+# = easyr1_plugin/verl_reward.py:compute_score) with the same kwargs: it scores whatever the agent
+# loop leaves unscored. Every key is explained in docs/training.md.
 # Run it in the verl environment with GETok installed (`pip install -e .`) on every node.
 #
 # Mask reward and the SAM service (MASK_DECODER=ray, the default): verl computes rewards in Ray
@@ -33,7 +34,6 @@
 # the trainer's N_GPUS x NNODES: the default layout needs a 9th GPU or a second node. On one 8-GPU
 # node use N_GPUS=4 (plus the service), or MASK_DECODER=region / sam (CPU) / none.
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 # --- model, data, outputs
 MODEL=${MODEL:-output/getok-cold-start-qwen2.5-vl-7b/merged}  # the first stage's start (recipes/cold_start_swift.sh)
@@ -217,11 +217,11 @@ for stage in $STAGES; do
     actor_rollout_ref.rollout.agent.agent_loop_config_path="$yaml"
     actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="$LOGPROB_MICRO_BATCH"
     actor_rollout_ref.ref.fsdp_config.param_offload=true
-    reward.custom_reward_function.path="$REPO/easyr1_plugin/verl_reward.py"
-    reward.custom_reward_function.name=compute_score
-    +reward.custom_reward_function.reward_kwargs.stage="$stage"
+    reward=getok                              # GETok's Hydra option: easyr1_plugin/verl_reward.py:compute_score
+    reward.custom_reward_function.reward_kwargs.stage="$stage"
   )
-  for kv in "${reward_kwargs[@]}"; do args+=("+reward.custom_reward_function.reward_kwargs.$kv"); done
+  # ++: set or add (reward=getok defines grid_size and decoder; the decoder's own arguments are new keys)
+  for kv in "${reward_kwargs[@]}"; do args+=("++reward.custom_reward_function.reward_kwargs.$kv"); done
   if [ "$LORA_RANK" != "0" ]; then
     args+=(actor_rollout_ref.model.lora_rank="$LORA_RANK" actor_rollout_ref.model.lora_alpha="$((2 * LORA_RANK))")
   fi

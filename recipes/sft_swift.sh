@@ -9,7 +9,7 @@
 #   DRY_RUN=1 bash recipes/sft_swift.sh      # print the command only
 #
 # Every path and size below is an environment variable with a default. Prepare data first:
-#   getok prepare --dataset refcoco --root data/refer --split train --out data/refcoco_train \
+#   getok prepare --dataset refcoco --root data/refer --out data/refcoco_train \
 #       --proposals sam --sam-checkpoint sam_vit_h.pth --device cuda:0
 # (or use DATA=getok-sample to try the pipeline on the bundled sample, prepared on first use).
 # Rerunnable into the same OUT: ms-swift writes each run into a new $OUT/vN-TIMESTAMP folder, and

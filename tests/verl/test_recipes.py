@@ -5,8 +5,14 @@
   verl 0.9.1's own Hydra config (``ppo_trainer``), and the rollout / actor / algorithm sections
   convert to verl's config dataclasses: a wrong key or value fails; the agent-loop YAML each stage
   writes names ``getok_refine`` -> ``easyr1_plugin.agent_loop.GetokRefineAgentLoop`` with its stage;
-- every EasyR1 key the EasyR1 recipes pass (and every verl key of grpo_verl.sh) is listed in
-  docs/training.md's key tables (EasyR1 is not installable beside verl 0.9: the docs are the check);
+- grpo_verl.sh uses GETok's Hydra option ``reward=getok`` (tests/verl/test_hydra_reward.py);
+- every EasyR1 key the EasyR1 recipes pass, on the command line and in their ``config=`` file
+  (easyr1_plugin/configs/easyr1/grpo.yaml), and every verl key of grpo_verl.sh is listed in
+  docs/training.md's key tables (tests/easyr1 compose them through EasyR1's own config classes);
+- the EasyR1 recipes' fixes: LoRA kept off the vision tower, a bounded validation batch, reward
+  actors with CPUs, ``VAL_SPLIT=`` validating on a slice of the training rows, a missing input
+  refused before anything starts; and the documented data command, run on the sample, writes every
+  file the recipes read;
 - the SAM service is started before the trainer and stopped after it when the mask reward uses it.
 """
 
@@ -111,9 +117,9 @@ def test_verl_overrides_compose(tmp_path, variant):
         assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.actor_rollout_ref.rollout.n == 8
         assert cfg.data.train_files == "/data/p/verl/train_refine.parquet"
         assert cfg.actor_rollout_ref.actor.use_kl_loss is True
+        assert "reward=getok" in overrides
         rf = cfg.reward.custom_reward_function
-        assert rf.path == str(REPO / "easyr1_plugin" / "verl_reward.py") and Path(rf.path).exists()
-        assert rf.name == "compute_score"
+        assert rf.path == "pkg://easyr1_plugin.verl_reward" and rf.name == "compute_score"
         assert rf.reward_kwargs.stage == stage and rf.reward_kwargs.grid_size == 32
         decoder = variant.get("MASK_DECODER", "ray")
         assert rf.reward_kwargs.get("decoder") == (None if decoder == "none" else decoder)
@@ -138,7 +144,10 @@ def test_verl_overrides_compose(tmp_path, variant):
         assert entry["overlay"] is (variant.get("OVERLAY") == "true")
         kwargs = dict(rf.reward_kwargs)
         kwargs.pop("stage")
-        assert entry["reward_kwargs"] == kwargs
+        # the same kwargs; the reward's extra ones are reward=getok's defaults (round 1, no decoder)
+        assert entry["reward_kwargs"] == {k: kwargs[k] for k in entry["reward_kwargs"]}
+        extra = {k: v for k, v in kwargs.items() if k not in entry["reward_kwargs"]}
+        assert extra == ({"round": 1, "decoder": None} if decoder == "none" else {"round": 1})
     # merged checkpoints after each stage
     mergers = [c for c in commands if "verl.model_merger" in c]
     assert len(mergers) == len(stages) and all(after(m, "verl.model_merger")[:3] == ["merge", "--backend", "fsdp"]
@@ -180,13 +189,34 @@ def test_sam_service_brackets_training(tmp_path):
         assert not any("serve-sam" in " ".join(c) or c[:1] == ["ray"] for c in commands)
 
 
+EASYR1_CONFIG = REPO / "easyr1_plugin" / "configs" / "easyr1" / "grpo.yaml"
+
+
+def easyr1_run(recipe: str, tmp_path: Path, **env) -> dict[str, str]:
+    """The key=value arguments of the recipe's one EasyR1 launch (``config`` included)."""
+    runs = [after(c, "verl.trainer.main") for c in dry_run(recipe, tmp_path, **env) if "verl.trainer.main" in c]
+    assert len(runs) == 1
+    pairs = [o.split("=", 1) for o in runs[0]]
+    assert len({k for k, _ in pairs}) == len(pairs), "a key passed twice"
+    return dict(pairs)
+
+
+def flat_keys(node, prefix="") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix]
+    return [k for key, value in node.items() for k in flat_keys(value, f"{prefix}{key}.")] if node else [prefix]
+
+
 def easyr1_overrides(tmp_path) -> list[str]:
     keys = []
     for recipe in ("grpo_stage1_easyr1.sh", "grpo_stage2_easyr1.sh"):
         for env in ({}, {"MASK_DECODER": "sam", "LORA_RANK": 16, "MAX_STEPS": 10}, {"MASK_DECODER": "region"}):
-            for c in dry_run(recipe, tmp_path, **env):
-                if "verl.trainer.main" in c:
-                    keys += [o.split("=", 1)[0] for o in after(c, "verl.trainer.main")]
+            ov = easyr1_run(recipe, tmp_path, **env)
+            assert ov.pop("config") == str(EASYR1_CONFIG)
+            keys += list(ov)
+    # the config file's keys; val_override_config is one mapping (its keys are vLLM sampling parameters)
+    keys += [k.rstrip(".") for k in flat_keys(yaml.safe_load(EASYR1_CONFIG.read_text()))
+             if not k.startswith("worker.rollout.val_override_config.")] + ["worker.rollout.val_override_config"]
     return sorted(set(keys))
 
 
@@ -260,3 +290,92 @@ def test_easyr1_and_verl_reruns_resume(tmp_path):
         links = [c for c in commands if c[:1] == ["ln"]]
         assert all(c[:2] == ["ln", "-sfn"] for c in links), links
     assert compose_verl([]).trainer.resume_mode == "auto"
+
+
+@pytest.mark.parametrize("recipe", ["grpo_stage1_easyr1.sh", "grpo_stage2_easyr1.sh"])
+def test_easyr1_recipe_fixes(tmp_path, recipe):
+    """LoRA off the vision tower, a bounded validation batch, CPUs for the reward actors, the
+    config file first; greedy validation and the fixed choices in that file."""
+    ov = easyr1_run(recipe, tmp_path, LORA_RANK=64)
+    assert ov["config"] == str(EASYR1_CONFIG)
+    assert ov["worker.actor.model.lora.rank"] == "64"
+    assert ov["worker.actor.model.lora.exclude_modules"] == ".*visual.*"
+    assert re.fullmatch(ov["worker.actor.model.lora.exclude_modules"], "model.visual.blocks.0.attn.qkv")
+    assert not re.fullmatch(ov["worker.actor.model.lora.exclude_modules"], "model.language_model.layers.0.mlp.up_proj")
+    assert ov["data.val_batch_size"] == "64" and ov["worker.reward.num_cpus"] == "4"
+    assert {ov[k] for k in ("algorithm.online_filtering", "trainer.save_model_only",
+                            "worker.actor.model.freeze_vision_tower")} == {"false"}
+    assert not any(k.startswith("worker.actor.model.lora") for k in easyr1_run(recipe, tmp_path))  # LORA_RANK=0
+    ov = easyr1_run(recipe, tmp_path, MASK_DECODER="sam", VAL_BATCH=8, ONLINE_FILTERING="true", SAVE_MODEL_ONLY="true",
+                    FREEZE_VISION_TOWER="true")
+    assert ov["worker.reward.num_cpus"] == "16" and ov["data.val_batch_size"] == "8"   # CPU SAM: more threads
+    assert {ov[k] for k in ("algorithm.online_filtering", "trainer.save_model_only",
+                            "worker.actor.model.freeze_vision_tower")} == {"true"}
+    assert easyr1_run(recipe, tmp_path, REWARD_CPUS=2)["worker.reward.num_cpus"] == "2"
+    fixed = yaml.safe_load(EASYR1_CONFIG.read_text())
+    assert fixed["worker"]["rollout"]["val_override_config"] == {"temperature": 0.0, "n": 1}
+    assert fixed["algorithm"] == {"adv_estimator": "grpo", "disable_kl": False, "use_kl_loss": True,
+                                  "kl_penalty": "low_var_kl"}
+
+
+def test_empty_val_split_validates_on_a_training_slice(tmp_path):
+    """VAL_SPLIT= : no val rows needed (stage 2 rolls out one split); EasyR1 still builds a
+    validation set and validates once after training, so it gets the first VAL_BATCH training rows."""
+    ov = easyr1_run("grpo_stage1_easyr1.sh", tmp_path, PREPARED="/data/p", VAL_SPLIT="")
+    assert ov["data.val_files"] == "/data/p/easyr1/train.jsonl@train[:64]" and ov["trainer.val_freq"] == "-1"
+    assert easyr1_run("grpo_stage1_easyr1.sh", tmp_path, PREPARED="/data/p")["data.val_files"] == \
+        "/data/p/easyr1/val.jsonl"
+    commands = dry_run("grpo_stage2_easyr1.sh", tmp_path, PREPARED="/data/p", VAL_SPLIT="", VAL_BATCH=32)
+    assert len([c for c in commands if "rollout-proposals" in c]) == 1
+    ov = easyr1_run("grpo_stage2_easyr1.sh", tmp_path, PREPARED="/data/p", VAL_SPLIT="", VAL_BATCH=32)
+    assert ov["data.val_files"] == "/data/p/easyr1/train_refine.jsonl@train[:32]" and ov["trainer.val_freq"] == "-1"
+
+
+@pytest.mark.parametrize("recipe", ["grpo_stage1_easyr1.sh", "grpo_stage2_easyr1.sh"])
+def test_missing_rows_are_refused_first(tmp_path, recipe):
+    """Without the rows (e.g. a prepare with --split train only: no val) the recipe stops before it
+    starts anything, saying how to get them."""
+    prepared = tmp_path / "p"
+    (prepared / "easyr1").mkdir(parents=True)
+    (prepared / "easyr1" / "train.jsonl").write_text("{}\n")
+    env = {**os.environ, "DRY_RUN": "0", "MASK_DECODER": "none", "PREPARED": str(prepared), "OUT": str(tmp_path / "o"),
+           "PYTHON": "false", "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    (tmp_path / "getok").write_text("#!/bin/sh\necho getok-was-run >&2\nexit 1\n")
+    (tmp_path / "getok").chmod(0o755)
+    proc = subprocess.run(["bash", str(REPO / "recipes" / recipe)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{prepared}/easyr1/val.jsonl missing" in proc.stderr and "without --split" in proc.stderr
+    assert "getok-was-run" not in proc.stderr
+
+
+def documented_sample_prepare() -> list[str]:
+    """The `getok prepare --dataset sample ...` line of docs/training.md (the data step)."""
+    lines = [line.split("#", 1)[0].strip() for line in DOCS.read_text().splitlines()
+             if line.startswith("getok prepare --dataset sample")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
+
+
+def test_documented_data_command_feeds_every_recipe(tmp_path):
+    """docs/training.md's data command, run on the sample, writes every file the GRPO recipes read."""
+    argv = documented_sample_prepare()
+    argv[argv.index("--out") + 1] = str(tmp_path / "data")
+    proc = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {"PREPARED": tmp_path / "data", "OUT": tmp_path / "o", "MASK_DECODER": "none"}
+    read = []
+    for recipe in ("grpo_stage1_easyr1.sh", "grpo_verl.sh"):
+        for c in dry_run(recipe, tmp_path, **env):
+            trainer = "verl.trainer.main" if "verl.trainer.main" in c else "verl.trainer.main_ppo"
+            if trainer in c:
+                ov = dict(o.split("=", 1) for o in after(c, trainer) if "=" in o)
+                read += [ov["data.train_files"], ov["data.val_files"]]
+    for c in dry_run("grpo_stage2_easyr1.sh", tmp_path, **env):   # its trainer reads what these write
+        if "rollout-proposals" in c:
+            opts = dict(zip(after(c, "rollout-proposals")[::2], after(c, "rollout-proposals")[1::2]))
+            read.append(f"{opts['--prepared']}/easyr1/{opts['--split']}.jsonl")
+    assert len(read) == 2 + 4 + 2, read
+    for path in read:
+        assert Path(path).is_file() and Path(path).stat().st_size > 0, path
