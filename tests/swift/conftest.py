@@ -248,3 +248,27 @@ def sam():
     from getok_core.decoders.tiny_sam import build_tiny_sam
 
     return build_tiny_sam(0)
+
+
+@pytest.fixture
+def registry_sam(sam, tmp_path, monkeypatch):
+    """``sam``'s weights saved as a checkpoint, and a segment-anything registry entry
+    ``registry_tiny`` that builds a tiny SAM and loads a checkpoint into it: ``(checkpoint path,
+    list of the checkpoints the entry was called with)``."""
+    import segment_anything
+    import torch
+
+    from getok_core.decoders.tiny_sam import build_tiny_sam
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(sam.state_dict(), ckpt)
+    seen = []
+
+    def build(checkpoint=None):
+        seen.append(checkpoint)
+        model = build_tiny_sam(5)
+        model.load_state_dict(torch.load(checkpoint))
+        return model
+
+    monkeypatch.setitem(segment_anything.sam_model_registry, "registry_tiny", build)
+    return ckpt, seen

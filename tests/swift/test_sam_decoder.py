@@ -17,7 +17,6 @@ from getok_core.decoders.base import DecodeGroup  # noqa: E402
 from getok_core.decoders.sam import (  # noqa: E402
     ENTRY_OVERHEAD_BYTES, Sam2Decoder, SamDecoder, plan_prompts, tensors_nbytes)
 from getok_core.decoders.sam_models import sam_predictor  # noqa: E402
-from getok_core.decoders.tiny_sam import build_tiny_sam  # noqa: E402
 from getok_core.prepare.proposals import SamProposer  # noqa: E402
 
 TOL = 1e-4  # logits this close to the threshold may flip between batched and one-by-one decoding
@@ -341,18 +340,8 @@ def test_dtype_guard_on_cpu(sam):
         SamDecoder(sam, mode="both")
 
 
-def test_from_checkpoint_and_make_decoder(sam, tmp_path, monkeypatch):
-    ckpt = tmp_path / "tiny.pth"
-    torch.save(sam.state_dict(), ckpt)
-    seen = []
-
-    def build(checkpoint=None):
-        seen.append(checkpoint)
-        model = build_tiny_sam(5)
-        model.load_state_dict(torch.load(checkpoint))
-        return model
-
-    monkeypatch.setitem(segment_anything.sam_model_registry, "registry_tiny", build)
+def test_from_checkpoint_and_make_decoder(sam, registry_sam, tmp_path):
+    ckpt, seen = registry_sam
     d = SamDecoder.from_checkpoint("registry_tiny", ckpt, device="cpu", cache_bytes=1 << 20, mode="union", batch_size=4)
     assert seen == [str(ckpt)] and d.mode == "union" and d.batch_size == 4 and d.cache.max_bytes == 1 << 20
     m = make_decoder("sam", model_type="registry_tiny", checkpoint=ckpt, device="cpu", mode="union")

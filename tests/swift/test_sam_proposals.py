@@ -143,18 +143,8 @@ def test_tags_name_the_weights_and_options(sam):
         SamProposer(sam, batch_size=0)
 
 
-def test_from_checkpoint_uses_the_registry(sam, tmp_path, monkeypatch):
-    ckpt = tmp_path / "tiny.pth"
-    torch.save(sam.state_dict(), ckpt)
-    seen = []
-
-    def build(checkpoint=None):
-        seen.append(checkpoint)
-        model = build_tiny_sam(5)
-        model.load_state_dict(torch.load(checkpoint))
-        return model
-
-    monkeypatch.setitem(segment_anything.sam_model_registry, "registry_tiny", build)
+def test_from_checkpoint_uses_the_registry(sam, registry_sam, tmp_path):
+    ckpt, seen = registry_sam
     proposer = SamProposer.from_checkpoint("registry_tiny", ckpt, device="cpu", batch_size=32)
     assert seen == [str(ckpt)] and proposer.batch_size == 32
     assert proposer.tag == SamProposer(sam).tag                   # identity = the loaded weights
