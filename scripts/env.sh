@@ -3,7 +3,7 @@
 #
 #   source scripts/env.sh; venv=$(getok_env swift)     # or: bash scripts/env.sh swift
 #
-# NAME is one of requirements/NAME.txt (core, swift, verl). An environment lives in
+# NAME is one of requirements/NAME.txt (core, swift, verl, easyr1). An environment lives in
 # $GETOK_VENV_ROOT/NAME (default ~/.cache/getok/venvs/NAME) and is rebuilt only when its lock file
 # or the Python version changes: a stamp holding their hash is written after a complete install,
 # so an interrupted build is redone on the next run.
@@ -39,5 +39,5 @@ getok_env() {
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
-  getok_env "${1:?usage: scripts/env.sh core|swift|verl}"
+  getok_env "${1:?usage: scripts/env.sh core|swift|verl|easyr1}"
 fi

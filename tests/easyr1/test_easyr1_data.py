@@ -93,6 +93,9 @@ def tokens_model(work, tiny_model, prepared) -> tuple[str, str]:
     from getok_core.models import rollout as R
     from swift_plugin.getok_tokens import prepare_model_vocab  # framework-free (getok_core only)
 
+    # one intra-op thread: a process whose OpenMP pool has run deadlocks in the forked workers of
+    # EasyR1's overlong-prompt filter (datasets' num_proc, 16 for the val set), the next step here
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     rows = read_jsonl(prepared / "easyr1" / "val.jsonl")[:LIMIT]
     t = groundtruth.loads(rows[0]["answer"])["targets"][0]

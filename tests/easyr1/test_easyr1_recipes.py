@@ -84,8 +84,11 @@ def test_recipe_overrides_compose(easyr1, stage, env):
     # post_init turns a missing file into None (with only a print): the recipe's files exist
     assert ppo.data.format_prompt == str(REPO / "easyr1_plugin" / "format_prompt" / f"getok_{stage}.jinja")
     assert ppo.algorithm.adv_estimator == "grpo" and ppo.worker.rollout.n >= 2
+    # issue 14's fixes, as EasyR1 reads them: a bounded val batch, CPUs for the reward actor, LoRA off
+    # the vision tower (EasyR1 syncs only the language layers' LoRA weights to vLLM)
+    assert ppo.data.val_batch_size > 0 and ppo.worker.reward.num_cpus > 1
     if env.get("LORA_RANK"):
-        assert ppo.worker.actor.model.lora.rank == 64
+        assert ppo.worker.actor.model.lora.rank == 64 and ppo.worker.actor.model.lora.exclude_modules == ".*visual.*"
     if env.get("MAX_STEPS"):
         assert ppo.trainer.max_steps == 7
     kwargs = ppo.worker.reward.reward_function_kwargs
