@@ -30,6 +30,28 @@ def disc(cx: float, cy: float, r: float, size=SIZE) -> np.ndarray:
     return (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
 
 
+#: The square most reward tests score against, its box, and a picture of it on a grey background.
+SQUARE = square(25, 54, 35, 64)
+SQUARE_BOX = [0.25, 0.35, 0.55, 0.65]
+
+
+def write_scene(path, mask=None, size=SIZE) -> str:
+    """A PNG at ``path``: grey (200), ``mask`` (default ``SQUARE``) painted red. Returns the path."""
+    from PIL import Image
+
+    w, h = size
+    img = np.full((h, w, 3), 200, np.uint8)
+    img[SQUARE if mask is None else mask] = (200, 30, 30)
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+def scene_ground_truth(image_path: str = "", targets: bool = True, extra=None) -> str:
+    """The ground truth of ``write_scene``'s square (image key "scene"), or of no target."""
+    t = [target(mask=SQUARE, box=SQUARE_BOX)] if targets else []
+    return ground_truth(t, image_path=image_path, image_key="scene", extra=extra)
+
+
 def target(mask=None, box=None, points=(), polyline=None) -> dict:
     """One ground-truth target: a bool mask (-> RLE), a normalized box, points, a polyline."""
     return {"mask": None if mask is None else encode_rle(np.asarray(mask, bool)),

@@ -14,13 +14,11 @@ import json
 import os
 import sys
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
-from testkit import ground_truth, square, target
+from testkit import SQUARE, scene_ground_truth, write_scene
 
 from getok_core import GetokVocab, format_offsets
 
@@ -48,23 +46,17 @@ def verl_reward():
     return load_like_easyr1(VERL_FILE, "getok_verl_reward_under_test")
 
 
-M1 = square(25, 54, 35, 64)
+M1 = SQUARE
 PERFECT = "<box><grid2,3><grid5,6></box><seg><grid3,4><grid4,5><grid3,5></seg>"
 PROPOSAL = f"<think>t</think><answer>{PERFECT}</answer>"
 
 
 @pytest.fixture(scope="module")
 def image_path(tmp_path_factory):
-    img = np.full((100, 100, 3), 200, np.uint8)
-    img[M1] = (200, 30, 30)
-    path = str(tmp_path_factory.mktemp("e") / "scene.png")
-    Image.fromarray(img).save(path)
-    return path
+    return write_scene(tmp_path_factory.mktemp("e") / "scene.png", M1)
 
 
-def gt(image_path="", targets=True, extra=None):
-    t = [target(mask=M1, box=[0.25, 0.35, 0.55, 0.65])] if targets else []
-    return ground_truth(t, image_path=image_path, image_key="scene", extra=extra)
+gt = scene_ground_truth  # testkit: the square M1 (image key "scene")
 
 
 def inputs(responses, ground_truths) -> list[dict]:

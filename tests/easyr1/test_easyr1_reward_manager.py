@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from testkit import ground_truth, square, target
+from testkit import SQUARE, scene_ground_truth, write_scene
 
 from getok_core import GetokVocab, format_offsets
 
 REWARD_FILE = Path(__file__).resolve().parents[2] / "easyr1_plugin" / "reward.py"
 V = GetokVocab(grid_size=10)  # the answers' grid (reward kwarg grid_size=10); the tokenizer has grid 32
-M1 = square(25, 54, 35, 64)
+M1 = SQUARE
 PERFECT = "<box><grid2,3><grid5,6></box><seg><grid3,4><grid4,5><grid3,5></seg>"
 PROPOSAL = f"<think>t</think><answer>{PERFECT}</answer>"
 GRID_KEYS = {"overall", "format", "nonrepeat", "box", "points"}
@@ -42,16 +41,10 @@ def tokenizer(tiny_model):
 
 @pytest.fixture(scope="module")
 def image_path(tmp_path_factory):
-    img = np.full((100, 100, 3), 200, np.uint8)
-    img[M1] = (200, 30, 30)
-    path = str(tmp_path_factory.mktemp("e") / "scene.png")
-    Image.fromarray(img).save(path)
-    return path
+    return write_scene(tmp_path_factory.mktemp("e") / "scene.png", M1)
 
 
-def gt(image_path="", targets=True, extra=None):
-    t = [target(mask=M1, box=[0.25, 0.35, 0.55, 0.65])] if targets else []
-    return ground_truth(t, image_path=image_path, image_key="scene", extra=extra)
+gt = scene_ground_truth  # testkit: the square M1 (image key "scene")
 
 
 def manager(easyr1, tokenizer, name: str, **kwargs):
