@@ -25,9 +25,14 @@ tiny encoder costs only a few prompt decodes (R ~ 3: ~2x), the vit_b-width one ~
 do (vit_h on a GPU: R ~ 100; vit_b on a CPU: several hundred). The header of each table prints
 the measured encoding and per-prompt decoding times.
 
+SAM 2 (``--encoder sam2``, or ``all``): the tiny random SAM 2 of getok_core/decoders/tiny_sam.py
+(``build_sam2`` of SAM 2's Hiera-T config with small widths, at SAM 2's 1024 px input; needs the
+``sam2`` package), the same rows with ``Sam2Decoder`` and a naive loop over
+``SAM2ImagePredictor.set_image`` + ``predict``.
+
 Checks that ``ours`` gives the masks of the naive loop (IoU; pixels can differ where a logit is
 within float noise of the threshold) and prints the tables. Usage: ``python bench/bench_decode.py
-[--encoder tiny|vit_b_width|both] [--images 16] [--responses 8] [--instances 3] [--threads 1]
+[--encoder tiny|vit_b_width|both|sam2|all] [--images 16] [--responses 8] [--instances 3] [--threads 1]
 [--seed 0] [--repeat 1] [--skip-union]``.
 """
 
@@ -43,7 +48,7 @@ import numpy as np
 
 from getok_core.codec.instance import Instance  # noqa: E402
 from getok_core.decoders.region import RegionDecoder  # noqa: E402
-from getok_core.decoders.sam import SamDecoder, instance_prompt_points  # noqa: E402
+from getok_core.decoders.sam import Sam2Decoder, SamDecoder, instance_prompt_points  # noqa: E402
 
 SIZES = [(480, 640), (640, 480), (512, 512), (427, 640)]  # (H, W)
 
@@ -96,12 +101,21 @@ def make_batch(n_images, n_responses, n_instances, seed):
     return images, requests
 
 
+def predictor_of(sam):
+    """The model's predictor: SamPredictor (SAM) or SAM2ImagePredictor (SAM 2)."""
+    from getok_core.decoders.sam_models import sam2_predictor, sam_predictor
+
+    return sam_predictor(sam) if hasattr(sam, "prompt_encoder") else sam2_predictor(sam)
+
+
+def decoder_class(sam):
+    return SamDecoder if hasattr(sam, "prompt_encoder") else Sam2Decoder
+
+
 def naive(sam, requests, n_instances):
     """set_image + predict per instance, for every response (joint prompts, the same multimask
     rule as SamDecoder's default)."""
-    from segment_anything import SamPredictor
-
-    predictor = SamPredictor(sam)
+    predictor = predictor_of(sam)
     out = []
     for start in range(0, len(requests), n_instances):  # one response = n_instances requests
         response = requests[start:start + n_instances]
@@ -116,7 +130,7 @@ def naive(sam, requests, n_instances):
             multimask = len(pts) == 1 and box is None
             masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box,
                                                  multimask_output=multimask)
-            out.append(masks[int(np.argmax(scores))])
+            out.append(np.asarray(masks[int(np.argmax(scores))]) > 0)
     return out
 
 
@@ -158,8 +172,10 @@ def vit_b_width_encoder(seed=0):
 
 
 def build_model(encoder):
-    from getok_core.decoders.tiny_sam import build_tiny_sam
+    from getok_core.decoders.tiny_sam import build_tiny_sam, build_tiny_sam2
 
+    if encoder == "sam2":
+        return build_tiny_sam2(0)
     sam = build_tiny_sam(0)
     if encoder == "vit_b_width":
         sam.image_encoder = vit_b_width_encoder()
@@ -168,9 +184,9 @@ def build_model(encoder):
 
 def bench_sam(sam, requests, args):
     """Rows (name, wall s, encoder passes, prompts) and (ours, naive) masks."""
-    from segment_anything import SamPredictor
-
     encoder = {"calls": 0}
+    Decoder = decoder_class(sam)
+    family = Decoder.__name__
     hook = sam.image_encoder.register_forward_hook(lambda *a: encoder.__setitem__("calls", encoder["calls"] + 1))
     rows = []
     try:
@@ -190,20 +206,20 @@ def bench_sam(sam, requests, args):
 
         # warm-up (allocator, first-call overheads); the encoder's cost alone, for the record
         naive(sam, requests[: args.instances], args.instances)
-        SamDecoder(sam).decode(requests[: args.instances])
-        predictor = SamPredictor(sam)
+        Decoder(sam).decode(requests[: args.instances])
+        predictor = predictor_of(sam)
         img = requests[0][1]
         enc_t = min(timed(lambda: predictor.set_image(img))[0] for _ in range(3))
 
         ref = measure("naive: set_image + predict per response", lambda: None,
                       lambda _: naive(sam, requests, args.instances), prompts=len(requests))
-        ours = measure("ours: SamDecoder joint, cold cache", lambda: SamDecoder(sam, mode="joint"),
+        ours = measure(f"ours: {family} joint, cold cache", lambda: Decoder(sam, mode="joint"),
                        lambda d: d.decode(requests))
-        warm = SamDecoder(sam, mode="joint")
+        warm = Decoder(sam, mode="joint")
         warm.decode(requests)
-        measure("ours: SamDecoder joint, warm cache", lambda: reset(warm), lambda d: d.decode(requests))
+        measure(f"ours: {family} joint, warm cache", lambda: reset(warm), lambda d: d.decode(requests))
         if not args.skip_union:
-            measure("ours: SamDecoder union, cold cache", lambda: SamDecoder(sam, mode="union"),
+            measure(f"ours: {family} union, cold cache", lambda: Decoder(sam, mode="union"),
                     lambda d: d.decode(requests))
     finally:
         hook.remove()
@@ -224,9 +240,10 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--responses", type=int, default=8)
     ap.add_argument("--instances", type=int, default=3)
-    ap.add_argument("--encoder", choices=["tiny", "vit_b_width", "both"], default="both",
+    ap.add_argument("--encoder", choices=["tiny", "vit_b_width", "both", "sam2", "all"], default="both",
                     help="tiny: the tiny SAM as built for the tests; vit_b_width: its encoder replaced by one of "
-                         "vit_b's width and depth at 256 px (slower: ~2 min on one core)")
+                         "vit_b's width and depth at 256 px (slower: ~2 min on one core); both: these two; sam2: "
+                         "the tiny SAM 2 (1024 px input; needs sam2); all: the three")
     ap.add_argument("--skip-union", action="store_true", help="leave out the union-mode row")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: small shared machines)")
     ap.add_argument("--seed", type=int, default=0)
@@ -243,14 +260,16 @@ def main(argv=None):
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        encoders = ["tiny", "vit_b_width"] if args.encoder == "both" else [args.encoder]
+        encoders = {"both": ["tiny", "vit_b_width"], "all": ["tiny", "vit_b_width", "sam2"]}.get(
+            args.encoder, [args.encoder])
         for enc in encoders:
             sam = build_model(enc)
             rows, ours, ref, enc_t = bench_sam(sam, requests, args)
             warm_t = rows[2][1]
             print()
-            print(f"SAM = tiny SAM (getok_core/decoders/tiny_sam.py)"
-                  + (" with a vit_b-width encoder (bench_decode.vit_b_width_encoder)" if enc != "tiny" else "")
+            print(("SAM = tiny SAM 2 (getok_core/decoders/tiny_sam.py, 1024 px input)" if enc == "sam2" else
+                   "SAM = tiny SAM (getok_core/decoders/tiny_sam.py)"
+                   + (" with a vit_b-width encoder (bench_decode.vit_b_width_encoder)" if enc != "tiny" else ""))
                   + f": set_image {1000 * enc_t:.1f} ms / image; warm decoding "
                   f"{1000 * warm_t / rows[2][3]:.2f} ms / prompt")
             print()

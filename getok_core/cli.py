@@ -93,7 +93,12 @@ def cmd_decode(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Encode the bundled example annotations, then parse the bundled model outputs."""
+    """Encode the bundled example annotations, then parse the bundled model outputs (``--web``:
+    serve the web demo, ``getok_core.inference.web``)."""
+    if getattr(args, "web", False):
+        from .inference.web import run as web_run
+
+        return web_run(args)
     vocab = GetokVocab(args.grid_size)
     example = json.loads(resources.files("getok_core.data").joinpath("example.json").read_text())
     size = tuple(example["image_size"])
@@ -130,6 +135,15 @@ def cmd_demo(args) -> int:
 def cmd_sample(args) -> int:
     from .data.sample_data import write_sample_dataset
 
+    if getattr(args, "toy", False):
+        from .data.toy import write_toy_dataset
+
+        s = write_toy_dataset(args.out, n_images=args.toy_images, n_val=args.toy_val, image_size=args.toy_size,
+                              seed=args.seed, task=args.toy_task)
+        print(f"wrote the toy dataset to {args.out}: {s['n_images']} images ({s['side']} px), {s['n_train']} "
+              f"train and {s['n_val_rec']} val records (task {s['task']}); getok prepare --dataset jsonl "
+              f"--root {args.out}/data.jsonl")
+        return 0
     summary = write_sample_dataset(args.out, seed=args.seed)
     print(f"wrote the sample dataset to {args.out}: {summary['n_shape']} shape images, "
           f"{summary['n_lane']} lane images, {summary['n_refs']} refs, {summary['n_multi']} multi-target and "
@@ -200,11 +214,22 @@ def _decoder_opts(sp, default="region"):
 
 def cmd_eval(args) -> int:
     from .decoders import make_decoder
+    from .evaluation import tables
     from .evaluation.evaluate import evaluate
 
+    if args.tables:
+        return tables.run_tables(args)
+    if not args.suite and not (args.pred and args.data):
+        raise ValueError("--pred and --data are needed (or --suite FILE, or --tables REPORT...)")
+    if args.benchmark:
+        bench, _, split = args.benchmark.partition("/")
+        tables.cell_key(bench, split or args.split, "--benchmark: ")
     decoder = None if args.decoder == "none" else make_decoder(args.decoder, **_decoder_kwargs(args))
+    if args.suite:
+        return tables.run_suite(args, decoder, GetokVocab(args.grid_size))
     evaluate(args.pred, args.data, args.out, decoder, split=args.split,
-             vocab=GetokVocab(args.grid_size), n_first=args.first, n_worst=args.worst, strict=args.strict)
+             vocab=GetokVocab(args.grid_size), n_first=args.first, n_worst=args.worst, strict=args.strict,
+             rules=tables.rules_of(args), benchmark=args.benchmark)
     return 0
 
 
@@ -237,13 +262,6 @@ def cmd_viz(args) -> int:
     img.save(args.out)
     print(f"wrote {args.out} ({len(parsed.instances)} instance(s); "
           f"{'valid' if parsed.valid else 'INVALID: ' + '; '.join(parsed.errors[:3])})")
-    return 0
-
-
-def cmd_tiny_sam(args) -> int:
-    from .decoders.tiny_sam import save_tiny_sam
-
-    print(f"wrote {save_tiny_sam(args.out, args.seed)} (tiny SAM, seed {args.seed}; --model-type tiny)")
     return 0
 
 
@@ -303,6 +321,15 @@ def _codec_commands(sub) -> None:
     sp.add_argument("--compact", action="store_true", help="one-line JSON")
     sp.set_defaults(func=cmd_decode)
 
+    from .codec.grammar import add_arguments as grammar_args, run as grammar_run
+    sp = sub.add_parser("grammar", help="the answer grammar for constrained decoding (regex or Lark)",
+                        description="Print the GETok answer grammar of a task (or of the refinement turn of "
+                                    "--refine TEXT): a text regex (vLLM / ms-swift --structured_outputs_regex) or "
+                                    "an llguidance Lark grammar (GETok tokens as single ids with --tokenizer). "
+                                    "docs/grammar.md.")
+    grammar_args(sp)
+    sp.set_defaults(func=grammar_run)
+
 
 def _data_commands(sub) -> None:
     """sample, prepare."""
@@ -312,6 +339,12 @@ def _data_commands(sub) -> None:
                                     "Deterministic: the same seed gives the same bytes.")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--toy", action="store_true",
+                    help="instead: the toy grounding dataset for learning checks (getok_core/data/toy.py)")
+    sp.add_argument("--toy-images", type=int, default=2000, help="--toy: images (default 2000)")
+    sp.add_argument("--toy-val", type=int, default=100, help="--toy: the last N images are val (default 100)")
+    sp.add_argument("--toy-size", type=int, default=112, help="--toy: image side in px (default 112)")
+    sp.add_argument("--toy-task", default="box", choices=["box", "point", "seg"], help="--toy: task (default box)")
     sp.set_defaults(func=cmd_sample)
 
     from .data.loaders import DATASETS
@@ -365,9 +398,11 @@ def _eval_commands(sub) -> None:
                         description="Score predictions (swift infer result JSONL, or {id, response} JSONL with "
                                     "id = SAMPLE_ID#EXPRESSION_INDEX) against DATA/easyr1/SPLIT.jsonl written by "
                                     "getok prepare. Prints a table; writes metrics.json, per_sample.jsonl, "
-                                    "overlays and index.html into OUT.")
-    sp.add_argument("--pred", required=True, help="predictions JSONL")
-    sp.add_argument("--data", required=True, help="the getok prepare output folder")
+                                    "overlays and index.html into OUT. With --suite or --tables: the paper's "
+                                    "tables (tables.md, tables.json) with the published numbers and the "
+                                    "differences (docs/evaluation.md).")
+    sp.add_argument("--pred", help="predictions JSONL (required unless --suite / --tables)")
+    sp.add_argument("--data", help="the getok prepare output folder (required unless --suite / --tables)")
     sp.add_argument("--split", default="val")
     sp.add_argument("--out", required=True, help="report folder")
     sp.add_argument("--grid-size", type=int, default=32)
@@ -375,6 +410,8 @@ def _eval_commands(sub) -> None:
     sp.add_argument("--worst", type=int, default=12, help="overlays of the worst N expressions")
     sp.add_argument("--strict", action="store_true", help="an invalid answer counts as empty")
     _decoder_opts(sp)
+    from .evaluation.tables import add_arguments as table_args
+    table_args(sp)
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("viz", help="draw a token answer on an image",
@@ -412,6 +449,17 @@ def _model_commands(sub) -> None:
     rollout_args(sp)
     sp.set_defaults(func=rollout_run)
 
+    from .inference.predict import add_arguments as predict_args, run as predict_run
+    sp = sub.add_parser("predict", help="ask a GETok model about images: answers, geometry, masks, overlays",
+                        description="Ask a model (--model DIR, --server URL, or answers replayed from --replay "
+                                    "FILE) about --image / --input queries with the training prompt, optional "
+                                    "refinement rounds; writes per query the answer text, geometry JSON "
+                                    "(normalized and pixels), mask PNG + RLE and an overlay PNG "
+                                    "(docs/predict.md).")
+    predict_args(sp)
+    _decoder_opts(sp)
+    sp.set_defaults(func=predict_run, decoder_kwargs=_decoder_kwargs)
+
     from .decoders.service import add_arguments as serve_sam_args, run as serve_sam_run
     sp = sub.add_parser("serve-sam", help="start (or --stop) SAM as a shared Ray Serve app for reward workers",
                         description="Start the SAM decoding service on a Ray cluster (docs/sam_service.md): "
@@ -421,18 +469,25 @@ def _model_commands(sub) -> None:
     serve_sam_args(sp)
     sp.set_defaults(func=serve_sam_run)
 
-    sp = sub.add_parser("tiny-sam", help="write the checkpoint of a tiny random SAM (load it with model type 'tiny')",
-                        description="Write the state dict of getok_core.decoders.tiny_sam's tiny random SAM (real "
-                                    "segment-anything classes, 256 px input) for tests and CPU demos; every "
-                                    "SAM option takes it as --model-type tiny --checkpoint PATH.")
-    sp.add_argument("out", help="checkpoint path to write (.pt)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.set_defaults(func=cmd_tiny_sam)
+    from .decoders.tiny_sam import add_arguments as tiny_sam_args, run as tiny_sam_run
+    sp = sub.add_parser("tiny-sam", help="write the checkpoint of a tiny random SAM or SAM 2 (type / config 'tiny')",
+                        description="Write the checkpoint of getok_core.decoders.tiny_sam's tiny random SAM (real "
+                                    "segment-anything classes, 256 px input; every SAM option takes it as "
+                                    "--model-type tiny --checkpoint PATH) or, with --sam2, tiny random SAM 2 (SAM "
+                                    "2's own Hiera-T config with small widths, 1024 px input; SAM 2 options take it "
+                                    "as config 'tiny', e.g. --proposals sam2 --sam-model tiny) for tests and CPU "
+                                    "demos.")
+    tiny_sam_args(sp)
+    sp.set_defaults(func=tiny_sam_run)
 
-    sp = sub.add_parser("demo", help="run the bundled example end to end",
-                        description="Encode the bundled annotations and parse bundled model outputs.")
+    from .inference.web import add_arguments as web_args
+    sp = sub.add_parser("demo", help="run the bundled example end to end (--web: the web demo of a model)",
+                        description="Encode the bundled annotations and parse bundled model outputs. With --web "
+                                    "(and --model DIR or --server URL): a Gradio page on localhost to ask the "
+                                    "model about an image (docs/demo.md; needs gradio, in the swift environment).")
     sp.add_argument("--grid-size", type=int, default=32)
-    sp.set_defaults(func=cmd_demo)
+    web_args(sp)
+    sp.set_defaults(func=cmd_demo, decoder_kwargs=_decoder_kwargs)
 
 
 def main(argv=None) -> int:

@@ -23,22 +23,23 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 # --- inputs and outputs
-SFT_OUT=${SFT_OUT:-output/getok-sft-qwen2.5-vl-7b}  # recipes/sft_swift.sh's OUT
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+SFT_OUT=${SFT_OUT:-output/getok-sft-$FAMILY_TAG}  # recipes/sft_swift.sh's OUT
 SFT_CKPT=${SFT_CKPT:-}                        # the SFT adapter checkpoint; empty: the newest $SFT_OUT/v*/checkpoint-*
 SFT_MODEL=${SFT_MODEL:-}                      # or an already merged SFT model folder: skips step 1
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
 SPLIT=${SPLIT:-train}
 DATA=${DATA:-$PREPARED/swift/${SPLIT}_refine.jsonl}  # space-separated ms-swift datasets: the two-turn offset data
 EXTRA_DATA=${EXTRA_DATA:-}                    # space-separated: e.g. LLaVA-CoT-100k as ms-swift JSONL, `#N` to subsample
-OUT=${OUT:-output/getok-cold-start-qwen2.5-vl-7b}  # $OUT/sft-merged, $OUT/train/{checkpoint-N,last}, $OUT/merged
-MODEL_TYPE=${MODEL_TYPE:-getok_qwen2_5_vl}
+OUT=${OUT:-output/getok-cold-start-$FAMILY_TAG}  # $OUT/sft-merged, $OUT/train/{checkpoint-N,last}, $OUT/merged
+MODEL_TYPE=${MODEL_TYPE:-$FAMILY_MODEL_TYPE}
 TEMPLATE=${TEMPLATE:-$MODEL_TYPE}
 SWIFT=${SWIFT:-swift}                         # the ms-swift CLI (ms-swift 4.6)
 
 # --- GETok (the same values as the SFT run)
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
 export GETOK_IMAGE_SIZE=${GETOK_IMAGE_SIZE:-}
-export MAX_PIXELS=${MAX_PIXELS:-1003520}
+export MAX_PIXELS=${MAX_PIXELS:-$FAMILY_MAX_PIXELS}  # 1280 visual tokens of the family
 
 # --- hardware and batch (global batch = NPROC x PER_DEVICE_BATCH x GRAD_ACCUM = 16, as for SFT)
 NPROC=${NPROC:-8}

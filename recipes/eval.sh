@@ -3,11 +3,14 @@
 # then score the answers with `getok eval` (gIoU / cIoU, N-acc / T-acc on gRefCOCO, Acc@0.5 / 0.8,
 # point accuracy, polyline F1; SPEC §7): a metrics table, metrics.json, per_sample.jsonl and an HTML
 # page of overlays per split, under $OUT/SPLIT/. One turn: the model's grid answer (the refinement
-# turn is trained, and scored by the GRPO rewards, but not used here).
+# turn is trained, and scored by the GRPO rewards, but not used here). With BENCHMARK set (refcoco,
+# refcoco+, refcocog, reasonseg, grefcoco: the paper benchmark PREPARED holds), also the paper's
+# tables, this run next to the published numbers: $OUT/tables/tables.{md,json} (docs/evaluation.md).
 #
 #   MODEL=output/getok-grpo-easyr1/stage2/merged PREPARED=data/refcoco_val SPLITS="val testA testB" \
 #   SAM_CHECKPOINT=/ckpt/sam_vit_h_4b8939.pth bash recipes/eval.sh
 #   ADAPTERS=output/getok-sft-qwen2.5-vl-7b/v0-.../checkpoint-N bash recipes/eval.sh   # an unmerged swift adapter
+#   BENCHMARK=refcoco PREPARED=data/refcoco SPLITS="val testA testB" bash recipes/eval.sh   # + paper tables
 #   DRY_RUN=1 bash recipes/eval.sh     # print the commands, one per line, run nothing
 #
 # Any merged model folder works: recipes/cold_start_swift.sh's $OUT/merged, the EasyR1 / verl / swift
@@ -24,12 +27,13 @@ ADAPTERS=${ADAPTERS:-}                        # ... or a swift adapter checkpoin
 PREPARED=${PREPARED:-data/refcoco_val}        # a `getok prepare` output folder holding the splits below
 SPLITS=${SPLITS:-val}                         # space-separated, e.g. "val testA testB"
 OUT=${OUT:-output/getok-eval}                 # $OUT/SPLIT/{infer.jsonl,report/}
-MODEL_TYPE=${MODEL_TYPE:-getok_qwen2_5_vl}
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+MODEL_TYPE=${MODEL_TYPE:-$FAMILY_MODEL_TYPE}
 TEMPLATE=${TEMPLATE:-$MODEL_TYPE}
 SWIFT=${SWIFT:-swift}
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}  # the value the model was trained with
 export GETOK_IMAGE_SIZE=${GETOK_IMAGE_SIZE:-}
-export MAX_PIXELS=${MAX_PIXELS:-1003520}
+export MAX_PIXELS=${MAX_PIXELS:-$FAMILY_MAX_PIXELS}  # 1280 visual tokens of the family
 
 # --- inference
 INFER_BACKEND=${INFER_BACKEND:-vllm}          # vllm | transformers
@@ -47,6 +51,9 @@ SAM_CHECKPOINT=${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}
 SAM_MODEL_TYPE=${SAM_MODEL_TYPE:-vit_h}
 DEVICE=${DEVICE:-cuda:0}
 MODE=${MODE:-joint}                           # joint: one SAM prompt per instance; union: OR of per-point masks
+GIOU_EMPTY=${GIOU_EMPTY:-one}                 # gIoU of empty on empty: one (LISA / ReLA) | zero (Seg-Zero)
+COUNTING=${COUNTING:-per-expression}          # per-expression | per-instance (docs/evaluation.md)
+BENCHMARK=${BENCHMARK:-}                      # the paper benchmark of PREPARED: set it for $OUT/tables
 
 DRY_RUN=${DRY_RUN:-0}
 # run CMD...: execute, or with DRY_RUN=1 print it as one shell-quoted line (parse it with shlex.split)
@@ -60,6 +67,7 @@ run() {
   fi
 }
 
+reports=()
 for split in $SPLITS; do
   out=$OUT/$split
   [ "$DRY_RUN" = "1" ] || mkdir -p "$out"
@@ -85,11 +93,18 @@ for split in $SPLITS; do
   run env "${envs[@]}" "$SWIFT" infer "${args[@]}"
 
   eval_args=(getok eval --pred "$out/infer.jsonl" --data "$PREPARED" --split "$split" --out "$out/report"
-    --grid-size "$GETOK_GRID_SIZE" --decoder "$DECODER" --mode "$MODE")
+    --grid-size "$GETOK_GRID_SIZE" --decoder "$DECODER" --mode "$MODE" --giou-empty "$GIOU_EMPTY"
+    --counting "$COUNTING")
+  [ -n "$BENCHMARK" ] && eval_args+=(--benchmark "$BENCHMARK")
   case "$DECODER" in
     sam|sam2) eval_args+=(--sam-checkpoint "$SAM_CHECKPOINT" --sam-model "$SAM_MODEL_TYPE" --device "$DEVICE") ;;
   esac
   run rm -rf "${out:?}/report"              # no overlay of an earlier run is kept
   run "${eval_args[@]}"
+  reports+=("$out/report")
 done
+if [ -n "$BENCHMARK" ]; then                # the paper's tables from the reports above
+  run rm -rf "${OUT:?}/tables"
+  run getok eval --tables "${reports[@]}" --out "$OUT/tables"
+fi
 [ "$DRY_RUN" = "1" ] || echo "eval: done. Reports: $OUT/*/report/index.html"

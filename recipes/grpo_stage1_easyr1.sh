@@ -35,7 +35,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 # --- model, data, outputs
-MODEL=${MODEL:-output/getok-cold-start-qwen2.5-vl-7b/merged}  # merged cold-start model (recipes/cold_start_swift.sh)
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+MODEL=${MODEL:-output/getok-cold-start-$FAMILY_TAG/merged}  # merged cold-start model (recipes/cold_start_swift.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
 SPLIT=${SPLIT:-train}
 VAL_SPLIT=${VAL_SPLIT-val}                    # empty: no held-out validation (periodic validation off; docs/training.md)
@@ -45,7 +46,7 @@ OUT=${OUT:-output/getok-grpo-easyr1}          # checkpoints in $OUT/stage1/globa
 EASYR1_DIR=${EASYR1_DIR:-EasyR1}              # the EasyR1 clone (for scripts/model_merger.py)
 PYTHON=${PYTHON:-python3}                     # the Python of the EasyR1 environment
 PROJECT=${PROJECT:-getok}
-EXPERIMENT=${EXPERIMENT:-qwen2_5_vl_7b_grid_grpo}
+EXPERIMENT=${EXPERIMENT:-${FAMILY_TAG//[.-]/_}_grid_grpo}
 LOGGER=${LOGGER:-[console]}                   # e.g. [console,wandb]
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
 
@@ -67,8 +68,8 @@ KL_COEF=${KL_COEF:-1e-2}                      # the paper's value was lost; Easy
 TEMPERATURE=${TEMPERATURE:-1.0}
 MAX_PROMPT=${MAX_PROMPT:-2048}                # tokens: up to 1280 image tokens at MAX_PIXELS + the question
 MAX_RESPONSE=${MAX_RESPONSE:-1024}            # <think> + the grid answer
-MAX_PIXELS=${MAX_PIXELS:-1003520}             # as in SFT (1280 x 28 x 28)
-MIN_PIXELS=${MIN_PIXELS:-3136}                # as in SFT (Qwen's default); EasyR1's own default upscales to 512x512
+MAX_PIXELS=${MAX_PIXELS:-$FAMILY_MAX_PIXELS}  # as in SFT (1280 merged tokens: 1280 x 28 x 28, Qwen3-VL 1280 x 32 x 32)
+MIN_PIXELS=${MIN_PIXELS:-$FAMILY_MIN_PIXELS}  # as in SFT (Qwen's default: 3136, Qwen3-VL 4096); EasyR1's own default upscales to 512x512
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:-}                      # empty: EPOCHS over the data
 SAVE_FREQ=${SAVE_FREQ:-50}

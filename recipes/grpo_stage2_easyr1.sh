@@ -32,6 +32,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 # --- model, data, outputs
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
 OUT=${OUT:-output/getok-grpo-easyr1}          # checkpoints in $OUT/stage2/global_step_N, merged model $OUT/stage2/merged
 MODEL=${MODEL:-$OUT/stage1/merged}            # the stage-1 model (recipes/grpo_stage1_easyr1.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
@@ -42,7 +43,7 @@ VAL_DATA=${VAL_DATA:-$PREPARED/easyr1/${VAL_SPLIT}_refine.jsonl}
 EASYR1_DIR=${EASYR1_DIR:-EasyR1}              # the EasyR1 clone (for scripts/model_merger.py)
 PYTHON=${PYTHON:-python3}                     # the Python of the EasyR1 environment
 PROJECT=${PROJECT:-getok}
-EXPERIMENT=${EXPERIMENT:-qwen2_5_vl_7b_refine_grpo}
+EXPERIMENT=${EXPERIMENT:-${FAMILY_TAG//[.-]/_}_refine_grpo}
 LOGGER=${LOGGER:-[console]}                   # e.g. [console,wandb]
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
 
@@ -74,8 +75,8 @@ KL_COEF=${KL_COEF:-1e-2}                      # the paper's value was lost; Easy
 TEMPERATURE=${TEMPERATURE:-1.0}
 MAX_PROMPT=${MAX_PROMPT:-3072}                # tokens: the image, the question, the turn-1 answer, the request
 MAX_RESPONSE=${MAX_RESPONSE:-512}             # the offset answer (an optional <think> included)
-MAX_PIXELS=${MAX_PIXELS:-1003520}             # as in SFT (1280 x 28 x 28)
-MIN_PIXELS=${MIN_PIXELS:-3136}                # as in SFT (Qwen's default); EasyR1's own default upscales to 512x512
+MAX_PIXELS=${MAX_PIXELS:-$FAMILY_MAX_PIXELS}  # as in SFT (1280 merged tokens: 1280 x 28 x 28, Qwen3-VL 1280 x 32 x 32)
+MIN_PIXELS=${MIN_PIXELS:-$FAMILY_MIN_PIXELS}  # as in SFT (Qwen's default: 3136, Qwen3-VL 4096); EasyR1's own default upscales to 512x512
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:-200}                   # the paper: ~200 steps (empty: EPOCHS over the data)
 SAVE_FREQ=${SAVE_FREQ:-50}

@@ -33,19 +33,20 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 # --- model, data, outputs
-MODEL=${MODEL:-output/getok-cold-start-qwen2.5-vl-7b/merged}  # the first stage's start (recipes/cold_start_swift.sh)
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+MODEL=${MODEL:-output/getok-cold-start-$FAMILY_TAG/merged}  # the first stage's start (recipes/cold_start_swift.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
 SPLIT=${SPLIT:-train}
 DATA=${DATA:-$PREPARED/swift/${SPLIT}_grpo.jsonl}  # space-separated GRPO datasets (a `solution` column)
 OUT=${OUT:-output/getok-grpo-swift}           # $OUT/STAGE/{checkpoint-N,last,merged}
 STAGES=${STAGES:-grid refine}                 # the stages to run, in order
-MODEL_TYPE=${MODEL_TYPE:-getok_qwen2_5_vl}
+MODEL_TYPE=${MODEL_TYPE:-$FAMILY_MODEL_TYPE}
 TEMPLATE=${TEMPLATE:-$MODEL_TYPE}
 SWIFT=${SWIFT:-swift}                         # the ms-swift CLI (ms-swift 4.6)
 REPORT_TO=${REPORT_TO:-tensorboard}           # tensorboard / wandb / none
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
 export GETOK_IMAGE_SIZE=${GETOK_IMAGE_SIZE:-}
-export MAX_PIXELS=${MAX_PIXELS:-1003520}
+export MAX_PIXELS=${MAX_PIXELS:-$FAMILY_MAX_PIXELS}  # 1280 visual tokens of the family
 
 # --- the refinement dialogue
 ROUNDS=${ROUNDS:-1}                           # offset rounds (the paper: 1): --max_turns ROUNDS+1

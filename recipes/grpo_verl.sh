@@ -36,7 +36,8 @@
 set -euo pipefail
 
 # --- model, data, outputs
-MODEL=${MODEL:-output/getok-cold-start-qwen2.5-vl-7b/merged}  # the first stage's start (recipes/cold_start_swift.sh)
+source "$(cd "$(dirname "$0")" && pwd)/model_family.sh"  # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+MODEL=${MODEL:-output/getok-cold-start-$FAMILY_TAG/merged}  # the first stage's start (recipes/cold_start_swift.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
 SPLIT=${SPLIT:-train}
 VAL_SPLIT=${VAL_SPLIT:-val}
@@ -227,7 +228,7 @@ for stage in $STAGES; do
   fi
   args+=(
     trainer.project_name="$PROJECT"
-    trainer.experiment_name="qwen2_5_vl_7b_${stage}_grpo"
+    trainer.experiment_name="${FAMILY_TAG//[.-]/_}_${stage}_grpo"
     trainer.logger="$LOGGER"
     trainer.nnodes="$NNODES"
     trainer.n_gpus_per_node="$N_GPUS"

@@ -2,7 +2,8 @@
 # GETok quickstart on CPU, end to end on the embedded default: builds (or reuses) the pinned swift
 # environment, then
 #   1. draws the bundled sample dataset and prepares it (region proposals: no SAM weights needed),
-#   2. builds a tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer,
+#   2. builds a tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer (MODEL_FAMILY=qwen3_vl: a tiny
+#      Qwen3-VL with the Qwen3-VL tokenizer; qwen2_vl: Qwen2-VL),
 #   3. fine-tunes it with ms-swift and the GETok plugin for a few steps (swift sft, getok_lora),
 #   4. answers the validation split with the adapter (swift infer --adapters),
 #   5. scores the answers (getok eval: metrics table, metrics.json, overlays, index.html).
@@ -10,8 +11,10 @@
 #
 #   bash recipes/quickstart.sh                   # outputs in ./out/quickstart
 #   GETOK_OUT=/tmp/q STEPS=20 bash recipes/quickstart.sh
+#   MODEL_FAMILY=qwen3_vl bash recipes/quickstart.sh   # the same pipeline on Qwen3-VL's layout
 #
-# Knobs (environment): GETOK_OUT (the output folder), STEPS (swift sft steps, default 30),
+# Knobs (environment): GETOK_OUT (the output folder), MODEL_FAMILY (qwen2_5_vl, qwen3_vl, qwen2_vl;
+# the model type getok_$MODEL_FAMILY), STEPS (swift sft steps, default 30),
 # MAX_NEW_TOKENS (swift infer answer length, default 48), GETOK_GRID_SIZE (32), GETOK_SWIFT_VENV (an
 # environment holding ms-swift and this checkout, used as it is; default: build or reuse the pinned
 # one). Rerunnable into the same folder: the data is resumed (same bytes), the tiny model reused, and
@@ -22,6 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${GETOK_OUT:-$root/out/quickstart}" && cd "${GETOK_OUT:-$root/out/quickstart}" && pwd)
 steps=${STEPS:-30}                # swift sft steps
 new_tokens=${MAX_NEW_TOKENS:-48}  # swift infer answer length
+source "$root/recipes/model_family.sh"  # MODEL_FAMILY -> FAMILY_MODEL_TYPE (getok_qwen2_5_vl by default)
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
 # offline: nothing is downloaded at run time
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 USE_HF=1 TOKENIZERS_PARALLELISM=false
@@ -40,13 +44,15 @@ getok encode --image-size 640,480 --box 120,80,400,360 --seg 260,220 300,150
 step "sample dataset + getok prepare (region proposals)"
 getok prepare --dataset sample --out "$out/data" --formats swift,easyr1 --workers 2 --no-progress
 
-step "tiny Qwen2.5-VL"
-[ -f "$out/tiny/config.json" ] || getok tiny-model --out "$out/tiny"
+step "tiny $MODEL_FAMILY"
+tiny=$out/tiny                    # reused when it is of this family, rebuilt otherwise
+grep -qs "\"family\": \"$MODEL_FAMILY\"" "$tiny/getok_tiny_model.json" \
+  || { rm -rf "$tiny"; getok tiny-model --family "$MODEL_FAMILY" --out "$tiny"; }
 
 step "swift sft ($steps steps, getok_lora, CPU)"
 rm -rf "$out/sft"
 swift sft --custom_register_path "$root/swift_plugin/register.py" \
-  --model "$out/tiny" --model_type getok_qwen2_5_vl --template getok_qwen2_5_vl --tuner_type getok_lora \
+  --model "$tiny" --model_type "$FAMILY_MODEL_TYPE" --template "$FAMILY_MODEL_TYPE" --tuner_type getok_lora \
   --dataset "$out/data/swift/train.jsonl" "$out/data/swift/train_refine.jsonl" \
   --max_steps "$steps" --per_device_train_batch_size 2 --gradient_accumulation_steps 1 \
   --learning_rate 5e-3 --lr_scheduler_type constant --warmup_ratio 0 --torch_dtype float32 \

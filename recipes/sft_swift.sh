@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GETok supervised fine-tuning of Qwen2.5-VL-7B with ms-swift, the paper's setup: LoRA rank 64 on the
+# GETok supervised fine-tuning of Qwen2.5-VL-7B (MODEL_FAMILY=qwen3_vl: Qwen3-VL-8B, qwen2_vl:
+# Qwen2-VL-7B) with ms-swift, the paper's setup: LoRA rank 64 on the
 # language model, a batch of 16 (2 per device x 8 accumulation steps), bf16, DeepSpeed, grid 32 with
 # one offset round. The GETok tokens are added by the getok_qwen2_5_vl model type and trained
 # row-wise by the getok_lora tuner (docs/swift.md).
@@ -18,22 +19,25 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 # --- model and data
-MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}   # hub id or local folder of the base model
-MODEL_TYPE=${MODEL_TYPE:-getok_qwen2_5_vl}    # getok_qwen2_vl / getok_qwen3_vl for the other families
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+MODEL=${MODEL:-$FAMILY_BASE}                  # hub id or local folder of the base model
+MODEL_TYPE=${MODEL_TYPE:-$FAMILY_MODEL_TYPE}  # getok_qwen2_5_vl / getok_qwen3_vl / getok_qwen2_vl
 TEMPLATE=${TEMPLATE:-$MODEL_TYPE}             # the GETok template of the same family
 DATA=${DATA:-data/refcoco_train/swift/train.jsonl}  # space-separated: getok prepare outputs, standard
                                                      # ms-swift grounding JSONL (objects), dataset names
 VAL_DATA=${VAL_DATA:-}                        # optional validation JSONL(s), space-separated
-OUT=${OUT:-output/getok-sft-qwen2.5-vl-7b}    # checkpoints land in $OUT/vX-.../checkpoint-N
+OUT=${OUT:-output/getok-sft-$FAMILY_TAG}      # checkpoints land in $OUT/vX-.../checkpoint-N
 SWIFT=${SWIFT:-swift}                         # the ms-swift CLI (ms-swift 4.6)
 
 # --- GETok
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}  # grid n: n*n grid tokens (32: 1047 tokens in all);
                                                # use the same value for swift infer / export
 export GETOK_IMAGE_SIZE=${GETOK_IMAGE_SIZE:-}  # e.g. 448 or 640,480: plain resize of every image (the
-                                               # paper's preprocessing; its size was lost in the text);
+                                               # paper's preprocessing; its size was lost in the text),
+                                               # rounded to multiples of 28 (Qwen2/2.5-VL) or 32 (Qwen3-VL);
                                                # empty: Qwen's dynamic resolution, capped by MAX_PIXELS
-export MAX_PIXELS=${MAX_PIXELS:-1003520}       # dynamic resolution cap (1280 x 28 x 28: 1280 visual tokens)
+export MAX_PIXELS=${MAX_PIXELS:-$FAMILY_MAX_PIXELS}  # dynamic resolution cap: 1280 visual tokens
+                                               # (1280 x 28 x 28, or 1280 x 32 x 32 for Qwen3-VL)
 
 # --- hardware and batch (global batch = NPROC x PER_DEVICE_BATCH x GRAD_ACCUM)
 NPROC=${NPROC:-8}                 # GPUs on this node (8x A800 in the paper)

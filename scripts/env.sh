@@ -7,6 +7,24 @@
 # $GETOK_VENV_ROOT/NAME (default ~/.cache/getok/venvs/NAME) and is rebuilt only when its lock file
 # or the Python version changes: a stamp holding their hash is written after a complete install,
 # so an interrupted build is redone on the next run.
+#
+# A line of a lock tagged "# getok-no-build-isolation [VAR=value ...]" is a source package whose
+# build needs the environment's own torch (sam2 1.1.0: pip's build isolation would fetch a second,
+# multi-GB torch): getok_pip_install leaves it out of `pip install -r` and installs it afterwards
+# with --no-deps --no-build-isolation and those VAR=value settings (its dependencies are pinned in
+# the lock like any other line; the tag is part of the lock, so the stamp covers it).
+
+getok_pip_install() {  # PIP FILE: pip install -r FILE, the tagged lines after the others
+  local pip=$1 file=$2 tag="# getok-no-build-isolation"
+  local quiet=(--quiet --disable-pip-version-check)
+  "$pip" install "${quiet[@]}" -r <(grep -v -- "$tag" "$file") || return 1
+  local line req envs
+  while IFS= read -r line; do
+    req=${line%%[[:space:]]*}
+    read -r -a envs <<< "$(grep -oE '[A-Z_][A-Z0-9_]*=[^[:space:]]*' <<< "${line#*"$tag"}" | tr '\n' ' ')"
+    env "${envs[@]}" "$pip" install "${quiet[@]}" --no-deps --no-build-isolation "$req" || return 1
+  done < <(grep -- "$tag" "$file")
+}
 
 getok_env() {
   local name=$1
@@ -22,7 +40,7 @@ getok_env() {
     "$python" -m venv "$venv" >&2 || return 1
     local try
     for try in 1 2 3; do
-      if "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock" >&2 2> >(grep -v "^WARNING: Location" >&2); then
+      if getok_pip_install "$venv/bin/pip" "$lock" >&2 2> >(grep -v "^WARNING: Location" >&2); then
         break
       fi
       [ "$try" = 3 ] && { echo "getok_env: pip install -r $lock failed 3 times" >&2; return 1; }

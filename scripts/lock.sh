@@ -6,8 +6,17 @@ name=${1:?usage: scripts/lock.sh core|swift|verl}
 root=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=scripts/env.sh
+source "$root/scripts/env.sh"  # getok_pip_install: lines tagged "# getok-no-build-isolation" last
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install --quiet -r "$root/requirements/$name.in"
+getok_pip_install "$tmp/venv/bin/pip" "$root/requirements/$name.in"
+# the tagged packages keep their tag (and its VAR=value settings) in the lock
+tags=$(grep -- "# getok-no-build-isolation" "$root/requirements/$name.in" \
+       | sed -E 's/^([A-Za-z0-9._-]+).*(# getok-no-build-isolation( [A-Z_][A-Z0-9_]*=[^ ]*)*).*/\1 \2/' || true)
 { echo "# Pinned lock of requirements/$name.in (pip freeze of a working environment; regenerate with scripts/lock.sh)."
-  "$tmp/venv/bin/pip" freeze --all | grep -vE '^(pip|getok)[= ]'; } > "$root/requirements/$name.txt"
+  "$tmp/venv/bin/pip" freeze --all | grep -vE '^(pip|getok)[= ]' | awk -v tags="$tags" '
+    BEGIN { n = split(tags, rows, "\n"); for (i = 1; i <= n; i++) { split(rows[i], f, " "); if (f[1] != "") {
+            t = rows[i]; sub(/^[^ ]+ /, "", t); tag[tolower(f[1])] = t } } }
+    { name = tolower($0); sub(/==.*/, "", name); print (name in tag) ? $0 "  " tag[name] : $0 }'
+} > "$root/requirements/$name.txt"
 echo "wrote requirements/$name.txt"

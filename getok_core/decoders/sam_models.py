@@ -4,7 +4,9 @@ proposals (``getok_core.prepare.proposals``) share.
 
 - ``load_sam(model_type, checkpoint, device)``: a segment-anything ``Sam`` in eval mode
   (``model_type="tiny"``: a ``getok tiny-sam`` checkpoint, ``decoders.tiny_sam``).
-- ``load_sam2(config, checkpoint, device)``: a SAM 2 model (``sam2.build_sam.build_sam2``).
+- ``load_sam2(config, checkpoint, device)``: a SAM 2 model (``sam2.build_sam.build_sam2``;
+  ``config="tiny"``: a ``getok tiny-sam --sam2`` checkpoint); ``sam2_configs()`` the configs
+  the installed ``sam2`` package has.
 - ``sam_predictor(model)`` / ``sam2_predictor(model)``: the model wrapped in segment-anything's
   ``SamPredictor`` / SAM 2's ``SAM2ImagePredictor``; a predictor is returned as it is.
 - ``import_sam2_predictor()``: the ``SAM2ImagePredictor`` class, or an ImportError naming the
@@ -53,14 +55,41 @@ def load_sam(model_type: str, checkpoint, device=None):
     return model.to(device).eval()
 
 
+def sam2_configs() -> list[str]:
+    """The config names ``build_sam2`` finds in the installed ``sam2`` package (its hydra search
+    path), e.g. ``configs/sam2.1/sam2.1_hiera_l.yaml``."""
+    import sam2
+
+    root = os.path.dirname(sam2.__file__)
+    out = []
+    for folder, _, files in os.walk(os.path.join(root, "configs")):
+        out += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith(".yaml")]
+    return sorted(p.replace(os.sep, "/") for p in out)
+
+
 def load_sam2(config: str, checkpoint, device=None):
-    """``sam2.build_sam.build_sam2(config, checkpoint, device)`` (default device: CUDA when
-    available, else CPU), with clear errors for a missing package or path."""
+    """``sam2.build_sam.build_sam2(config, checkpoint, device)`` in eval mode (default device:
+    CUDA when available, else CPU), with clear errors for a missing package, an unknown config or
+    a missing path. ``config``: a config of the ``sam2`` package (``sam2_configs()``, e.g.
+    ``configs/sam2.1/sam2.1_hiera_l.yaml``), or ``"tiny"`` for a checkpoint of
+    ``getok_core.decoders.tiny_sam.save_tiny_sam2`` (``getok tiny-sam --sam2``): its stored config
+    and hydra overrides are built the same way."""
     import_sam2_predictor()
     from sam2.build_sam import build_sam2
 
-    path = _checkpoint_path(checkpoint, "SAM 2", "")
-    return build_sam2(config, path, device=_device(device))
+    path = _checkpoint_path(checkpoint, "SAM 2", " (e.g. sam2.1_hiera_large.pt)")
+    device = _device(device)
+    if config == "tiny":
+        from .tiny_sam import tiny_sam2_recipe
+
+        config, overrides = tiny_sam2_recipe(path)
+    else:
+        overrides = []
+    known = sam2_configs()
+    if config not in known and f"{config}.yaml" not in known:
+        raise ValueError(f"unknown SAM 2 config {config!r}; the sam2 package has {known} (or 'tiny' for a "
+                         "`getok tiny-sam --sam2` checkpoint)")
+    return build_sam2(config, path, device=device, hydra_overrides_extra=overrides)
 
 
 def import_sam2_predictor():
@@ -69,9 +98,9 @@ def import_sam2_predictor():
         from sam2.sam2_image_predictor import SAM2ImagePredictor
     except ImportError as exc:
         raise ImportError(
-            "SAM 2 is not installed: install it from https://github.com/facebookresearch/sam2 "
-            "(package `sam2`), or use segment-anything (SamProposer / SamDecoder) or the region "
-            "proposer / decoder") from exc
+            "SAM 2 is not installed: install the `sam2` package (the swift / verl environments have "
+            "1.1.0; by hand: SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0), or use "
+            "segment-anything (SamProposer / SamDecoder) or the region proposer / decoder") from exc
     return SAM2ImagePredictor
 
 
@@ -94,4 +123,4 @@ def sam2_predictor(model):
     return predictor_cls(model)
 
 
-__all__ = ["load_sam", "load_sam2", "import_sam2_predictor", "sam_predictor", "sam2_predictor"]
+__all__ = ["load_sam", "load_sam2", "sam2_configs", "import_sam2_predictor", "sam_predictor", "sam2_predictor"]

@@ -2,8 +2,9 @@
 
 EasyR1 / verl reward functions run in Ray actors without a GPU; a SAM inside each of them either
 fails or encodes images on a CPU (tens of seconds for vit_h). This module serves SAM on the Ray
-cluster the trainer already runs on: ``replicas`` Ray Serve replicas, each a ``SamDecoder`` with
-its byte-bounded embedding cache, called by every reward worker through ``RaySamDecoder``.
+cluster the trainer already runs on: ``replicas`` Ray Serve replicas, each a ``SamDecoder`` (or,
+with ``family="sam2"``, a SAM 2 ``Sam2Decoder``) with its byte-bounded embedding cache, called
+by every reward worker through ``RaySamDecoder``.
 ``docs/sam_service.md`` has the topology, sizing and fault handling.
 
 Service (``serve_sam`` / ``getok serve-sam``): app ``name`` (default ``getok-sam``), deployment
@@ -58,8 +59,8 @@ import numpy as np
 from ..codec.instance import Instance
 from .base import MODES, DecodeGroup, ImageSource, MaskDecoder
 from .region import RegionDecoder
-from .sam import SamDecoder
-from .sam_models import load_sam
+from .sam import Sam2Decoder, SamDecoder
+from .sam_models import load_sam, load_sam2
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,15 @@ DEPLOYMENT = "SamService"
 #: how ``service_stats`` reaches every replica.
 REPLICA_ROUTE_PREFIX = "\x00replica:"
 FALLBACKS = (None, "region")
+#: ``ServiceConfig.family``: segment-anything (``SamDecoder``) or SAM 2 (``Sam2Decoder``).
+FAMILIES = ("sam", "sam2")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """What a service replica is: the SAM (``model_type``, ``checkpoint``; ``tiny`` for
-    ``getok tiny-sam`` checkpoints), its device (default ``cuda`` when ``gpus_per_replica`` > 0,
+    ``getok tiny-sam`` checkpoints; with ``family="sam2"`` a SAM 2, ``model_type`` then being its
+    config, ``tiny`` for ``getok tiny-sam --sam2``), its device (default ``cuda`` when ``gpus_per_replica`` > 0,
     else ``cpu``) and ``dtype`` (float16 / bfloat16 on CUDA), the embedding cache size in GiB,
     the batching (``max_batch_size`` requests, waiting at most ``batch_wait_timeout_s`` seconds
     for a batch to fill), ``image_root`` (relative image paths are joined to it), the Ray
@@ -94,10 +98,13 @@ class ServiceConfig:
     dtype: str | None = None
     max_ongoing_requests: int = 256
     torch_threads: int | None = None
+    family: str = "sam"
 
     def __post_init__(self):
         if not self.checkpoint:
             raise ValueError("the SAM service needs a checkpoint")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if int(self.replicas) < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if float(self.gpus_per_replica) < 0 or float(self.cpus_per_replica) < 0:
@@ -157,7 +164,8 @@ def instance_to_dict(inst: Instance) -> dict:
 
 # ---------------------------------------------------------------------- replica side
 class SamReplica:
-    """What one replica does, without Ray: a ``SamDecoder`` over ``load_sam`` and
+    """What one replica does, without Ray: a ``SamDecoder`` over ``load_sam`` (``Sam2Decoder`` over
+    ``load_sam2`` for ``family="sam2"``) and
     ``decode_many(requests)`` (one list entry per request: a reply dict, or the exception that
     request raised). The requests of one image run back to back, so the image is encoded once
     and the others hit the cache; each request's instances are decoded as their own group, so a
@@ -173,8 +181,12 @@ class SamReplica:
             torch.set_num_threads(int(cfg.torch_threads))
         device = cfg.device or ("cuda" if float(cfg.gpus_per_replica) > 0 else "cpu")
         self.config = cfg
-        self.decoder = SamDecoder(load_sam(cfg.model_type, cfg.checkpoint, device), cache_bytes=cfg.cache_bytes,
-                                  dtype=cfg.dtype)
+        if cfg.family == "sam2":
+            self.decoder = Sam2Decoder(load_sam2(cfg.model_type, cfg.checkpoint, device),
+                                       cache_bytes=cfg.cache_bytes, dtype=cfg.dtype)
+        else:
+            self.decoder = SamDecoder(load_sam(cfg.model_type, cfg.checkpoint, device), cache_bytes=cfg.cache_bytes,
+                                      dtype=cfg.dtype)
 
     def decode_many(self, requests: Sequence[dict]) -> list:
         out: list = [None] * len(requests)
@@ -553,7 +565,11 @@ def add_arguments(sp) -> None:
     sp.add_argument("--name", default=DEFAULT_APP, help="Serve application name (default: %(default)s)")
     sp.add_argument("--stop", action="store_true", help="delete the application and exit")
     sp.add_argument("--checkpoint", help="SAM checkpoint, a path every replica can read")
-    sp.add_argument("--model-type", default="vit_h", help="vit_h, vit_l, vit_b or tiny (default: %(default)s)")
+    sp.add_argument("--model-type", default="vit_h",
+                    help="vit_h, vit_l, vit_b or tiny; with --family sam2 a SAM 2 config (e.g. "
+                         "configs/sam2.1/sam2.1_hiera_l.yaml) or tiny (default: %(default)s)")
+    sp.add_argument("--family", default="sam", choices=FAMILIES,
+                    help="sam (segment-anything) or sam2 (the sam2 package) (default: %(default)s)")
     sp.add_argument("--replicas", type=int, default=1, help="number of replicas (default: %(default)s)")
     sp.add_argument("--gpus-per-replica", type=float, default=1.0,
                     help="GPUs reserved per replica; a fraction shares a GPU, 0 runs on CPU (default: %(default)s)")
@@ -580,7 +596,7 @@ def run(args) -> int:
         return 0
     if not args.checkpoint:
         raise SystemExit("getok serve-sam: --checkpoint is required (or --stop)")
-    serve_sam(args.checkpoint, name=args.name, address=args.address, model_type=args.model_type,
+    serve_sam(args.checkpoint, name=args.name, address=args.address, model_type=args.model_type, family=args.family,
               replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
               cache_gb=args.cache_gb, max_batch_size=args.max_batch_size,
               batch_wait_timeout_s=args.batch_wait_ms / 1000.0, image_root=args.image_root, device=args.device,

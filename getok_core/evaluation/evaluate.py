@@ -15,7 +15,9 @@ console gives their count and first ids). Predicted masks are decoded in calls o
 an RLE: memory does not grow with the number of instances (answers are capped by
 ``codec.answer.MAX_INSTANCES`` / ``MAX_POINTS``). Outputs: ``metrics.json``,
 ``per_sample.jsonl``, overlays (``overlays/*.png``) of the first N and the worst N expressions,
-and ``index.html`` showing them.
+and ``index.html`` showing them. The metric conventions (``metrics.MetricRules``: gIoU of empty on
+empty, counting; the REC rule) are named in ``metrics.json`` (``_meta.conventions``) and above the
+printed table; ``evaluation.tables`` lays several reports out as the paper's tables.
 """
 
 from __future__ import annotations
@@ -204,10 +206,13 @@ def _seg_requests(gts, parsed, strict: bool) -> list:
 
 def evaluate(pred_path, data_dir, out_dir, decoder: MaskDecoder | None, split: str = "val",
              vocab: GetokVocab | None = None, n_first: int = 12, n_worst: int = 12, strict: bool = False,
-             log=print) -> dict:
+             log=print, rules: metrics.MetricRules | None = None, benchmark: str | None = None) -> dict:
     """Score ``pred_path`` against ``data_dir/easyr1/split.jsonl``; write metrics, per-sample
-    scores, overlays and an HTML page into ``out_dir``; return the metrics."""
+    scores, overlays and an HTML page into ``out_dir``; return the metrics. ``rules``: the metric
+    conventions (named in ``_meta.conventions`` and on the console); ``benchmark``: the paper
+    benchmark this split stands for (``_meta.benchmark``, read by ``evaluation.tables``)."""
     vocab = vocab or GetokVocab()
+    rules = rules or metrics.MetricRules()
     gt_path = Path(data_dir) / "easyr1" / f"{split}.jsonl"
     gts = read_ground_truth(gt_path)
     responses = match(read_predictions(pred_path), gts, str(pred_path), str(gt_path), log=log)
@@ -223,11 +228,12 @@ def evaluate(pred_path, data_dir, out_dir, decoder: MaskDecoder | None, split: s
     pred_masks = predicted_masks(decoder, requests, len(gts)) if requests else [None] * len(gts)
     records = [{"task": g.gt["task"], "parsed": p, "pred_masks": m, "gt": g.gt}
                for g, p, m in zip(gts, parsed, pred_masks)]
-    result = metrics.evaluate_predictions(records, strict=strict)
-    scores = _per_sample(records)
+    result = metrics.evaluate_predictions(records, strict=strict, rules=rules)
+    scores = _per_sample(records, rules.empty_iou)
     result["_meta"] = {"predictions": str(pred_path), "data": str(data_dir), "split": split,
                        "decoder": getattr(decoder, "name", None), "mode": getattr(decoder, "mode", None),
-                       "missing_predictions": len(missing), "missing_ids": missing[:100]}
+                       "missing_predictions": len(missing), "missing_ids": missing[:100],
+                       "benchmark": benchmark, "conventions": rules.describe()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "metrics.json") as tmp:
@@ -243,7 +249,7 @@ def evaluate(pred_path, data_dir, out_dir, decoder: MaskDecoder | None, split: s
     return result
 
 
-def _per_sample(records) -> list[float]:
+def _per_sample(records, empty_iou: float = 1.0) -> list[float]:
     """One score per expression for ranking overlays: mask IoU (seg), box IoU (box), point hit
     rate (point), vertex F1 (line)."""
     out = []
@@ -252,7 +258,7 @@ def _per_sample(records) -> list[float]:
         if r["task"] == "seg":
             gtm = [t["mask"] for t in gt["targets"]]
             g = metrics.union_masks(gtm)
-            s = metrics.segmentation_scores([r["pred_masks"]], [g])["per_sample"][0]
+            s = metrics.segmentation_scores([r["pred_masks"]], [g], empty_iou=empty_iou)["per_sample"][0]
         elif r["task"] == "box":
             box = next((i.box for i in p.instances if i.box is not None), None)
             s = metrics.box_accuracy([box], [[t["box"] for t in gt["targets"]]])["per_sample"][0]
@@ -299,8 +305,11 @@ def _report(out: Path, gts, responses, parsed, pred_masks, scores, result, vocab
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table of the headline metrics per task."""
-    lines = [f"{'task':<6} {'n':>5} {'valid':>6}  metrics"]
+    """A plain-text table of the headline metrics per task, under a line naming the conventions."""
+    conv = result.get("_meta", {}).get("conventions")
+    lines = [] if not conv else [f"conventions: gIoU empty/empty {conv['giou_empty']} ({conv['giou_empty_rule']}); "
+                                 f"counting {conv['counting']}; REC: {conv['rec']}"]
+    lines.append(f"{'task':<6} {'n':>5} {'valid':>6}  metrics")
     for task, res in sorted((k, v) for k, v in result.items() if not k.startswith("_")):
         parts = []
         for fam, vals in res.items():

@@ -15,21 +15,30 @@ Masks
 Segmentation (LISA / ReLA conventions)
     For expression i, I_i and U_i are the pixel counts of pred & gt and pred | gt, outside the
     ignore region when there is one (ReasonSeg: ignored pixels count in neither).
-    IoU_i = I_i / U_i, and 1 when U_i = 0 (empty prediction on an empty ground truth: a correct
-    rejection). A non-empty prediction on an empty ground truth scores 0 and adds its area to
-    the cIoU union.
+    IoU_i = I_i / U_i, and when U_i = 0 (empty prediction on an empty ground truth: a correct
+    rejection) 1 by default (LISA / ReLA), 0 under the Seg-Zero convention
+    (``MetricRules(giou_empty="zero")``). A non-empty prediction on an empty ground truth scores 0
+    and adds its area to the cIoU union.
     gIoU = mean_i IoU_i. cIoU = sum_i I_i / sum_i U_i (an empty-empty pair adds 0 to both; None
     when the total union is 0). N_acc = share of no-target expressions predicted empty,
     T_acc = share of target expressions predicted non-empty (None when there are no such
     expressions). "No target" and "predicted empty" look at the whole masks (the ignore region
     does not change them).
 
+Counting (``MetricRules.counting``)
+    "per-expression" (default): every referring expression weighs 1. "per-instance": every
+    annotated object (a ground truth's ``sample_id``: one object, or one gRefCOCO target set,
+    with its expressions) weighs 1, shared evenly by its expressions; every mean, share and the
+    cIoU sums are then weighted (the reported ``intersection`` / ``union`` stay unweighted pixel
+    counts). docs/evaluation.md says which paper counts which way.
+
 Boxes (REC)
     (u1, v1, u2, v2) normalized; a box with u2 <= u1 or v2 <= v1 is degenerate (IoU 0 with
-    anything). Acc@t = share of expressions whose IoU >= t; the caller passes one predicted box per
-    expression (the first predicted instance's), None counting as a miss. Several ground-truth
-    boxes (multi-target): the IoU with the best-matching one. No ground-truth box (no target):
-    IoU 1 for a None prediction, 0 for a box (the gIoU convention).
+    anything). Acc@t = share of the expressions **with a target** whose IoU >= t; the caller
+    passes one predicted box per expression (the first predicted instance's), None counting as a
+    miss. Several ground-truth boxes (multi-target): the IoU with the best-matching one.
+    Expressions without a ground-truth box (no target) are not in Acc@t: they are reported apart
+    as N_acc = the share of them answered with no box.
 
 Points
     A point hits a mask when the pixel that contains it (``codec.coords.point_pixel``: col = floor(u W), row = floor(v H) to a 1e-9 px tolerance;
@@ -53,6 +62,7 @@ Polylines (lanes)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
@@ -66,6 +76,68 @@ from ..data.records import TASKS
 
 #: Default polyline / point tolerance, as a share of the image diagonal.
 DEFAULT_TOL_FRACTION = 0.02
+
+GIOU_EMPTY = {"one": "LISA / ReLA: an empty prediction on an empty ground truth scores IoU 1",
+              "zero": "Seg-Zero: an empty prediction on an empty ground truth scores IoU 0"}
+COUNTING = {"per-expression": "every referring expression weighs 1 (LISA, ReLA, GETok)",
+            "per-instance": "every annotated object (sample_id) weighs 1, shared by its expressions "
+                            "(VisionReasoner's instance level)"}
+REC_RULE = ("Acc@t over the expressions with a target (no-target expressions are not hits or misses); "
+            "no-target expressions reported apart as box.N_acc (answered with no box)")
+
+
+@dataclass(frozen=True)
+class MetricRules:
+    """The switchable metric conventions (docs/evaluation.md): ``giou_empty`` "one" (LISA / ReLA,
+    default) or "zero" (Seg-Zero); ``counting`` "per-expression" (default) or "per-instance"."""
+
+    giou_empty: str = "one"
+    counting: str = "per-expression"
+
+    def __post_init__(self):
+        if self.giou_empty not in GIOU_EMPTY:
+            raise ValueError(f"giou_empty must be one of {list(GIOU_EMPTY)}, got {self.giou_empty!r}")
+        if self.counting not in COUNTING:
+            raise ValueError(f"counting must be one of {list(COUNTING)}, got {self.counting!r}")
+
+    @property
+    def empty_iou(self) -> float:
+        return 1.0 if self.giou_empty == "one" else 0.0
+
+    def describe(self) -> dict:
+        """The conventions by name and in words (metrics.json ``_meta.conventions``)."""
+        return {"giou_empty": self.giou_empty, "giou_empty_rule": GIOU_EMPTY[self.giou_empty],
+                "counting": self.counting, "counting_rule": COUNTING[self.counting], "rec": REC_RULE}
+
+    def label(self) -> str:
+        """One line naming the conventions (printed above the tables)."""
+        return (f"gIoU empty/empty = {self.empty_iou:g} ({self.giou_empty}: "
+                f"{'LISA / ReLA' if self.giou_empty == 'one' else 'Seg-Zero'}); counting {self.counting}; "
+                "REC Acc over expressions with a target, no-target as N-acc")
+
+
+def _weights(weights, n: int) -> np.ndarray:
+    """Per-expression weights (default all 1) as a float array; ValueError unless n finite >= 0."""
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights: one finite non-negative weight per expression ({n}) is needed")
+    return w
+
+
+def _share(mask: np.ndarray, ok: np.ndarray, w: np.ndarray):
+    """Weighted share of ``ok`` among ``mask`` (None when ``mask`` weighs nothing)."""
+    tot = float(w[mask].sum())
+    return float(w[mask & ok].sum()) / tot if tot > 0 else None
+
+
+def instance_weights(sample_ids) -> list[float]:
+    """Per-instance counting: 1 / (number of expressions of the same sample_id) per expression."""
+    counts: dict = {}
+    for s in sample_ids:
+        counts[s] = counts.get(s, 0) + 1
+    return [1.0 / counts[s] for s in sample_ids]
 
 
 # ---------------------------------------------------------------------- masks
@@ -183,21 +255,23 @@ def _check_lengths(**seqs) -> int:
     return next(iter(lens.values()), 0)
 
 
-def segmentation_scores(pred_masks, gt_masks, ignore_masks=None) -> dict:
+def segmentation_scores(pred_masks, gt_masks, ignore_masks=None, empty_iou: float = 1.0, weights=None) -> dict:
     """gIoU, cIoU, N_acc, T_acc over expressions (LISA / ReLA; see the module docstring).
 
     ``pred_masks``, ``gt_masks`` and (optional) ``ignore_masks`` are parallel sequences, one mask
-    (bool array, RLE dict or None) per expression. Returns ``{"gIoU", "cIoU", "N_acc", "T_acc",
-    "n", "n_no_target", "n_target", "intersection", "union", "per_sample"}``: ``intersection`` /
-    ``union`` are the summed pixel counts (cIoU's numerator and denominator, to merge shards),
-    ``per_sample`` the per-expression IoUs. gIoU and cIoU are None when there is no expression.
+    (bool array, RLE dict or None) per expression. ``empty_iou``: the IoU of an empty prediction
+    on an empty ground truth (1 LISA / ReLA, 0 Seg-Zero). ``weights``: one per expression (default
+    1; per-instance counting passes ``instance_weights``). Returns ``{"gIoU", "cIoU", "N_acc",
+    "T_acc", "n", "n_no_target", "n_target", "intersection", "union", "per_sample"}``:
+    ``intersection`` / ``union`` are the summed (unweighted) pixel counts, ``per_sample`` the
+    per-expression IoUs. gIoU and cIoU are None when there is no expression.
     Raises ValueError on mismatched lengths, a non-mask entry, or masks of one expression with
     different sizes (the message names the expression index).
     """
     n = _check_lengths(pred_masks=pred_masks, gt_masks=gt_masks, ignore_masks=ignore_masks)
+    w = _weights(weights, n)
     per_sample: list[float] = []
-    sum_i = sum_u = 0
-    n_no = n_no_ok = n_t = n_t_ok = 0
+    inters, unions, no_target, empty = [], [], [], []
     for i in range(n):
         p = _as_mask(pred_masks[i], f"expression {i}: prediction")
         g = _as_mask(gt_masks[i], f"expression {i}: ground truth")
@@ -208,25 +282,24 @@ def segmentation_scores(pred_masks, gt_masks, ignore_masks=None) -> dict:
             raise ValueError(f"expression {i}: mask sizes (H, W) differ: "
                              + ", ".join(f"{k} {s[0]}x{s[1]}" for k, s in shapes.items()))
         inter, union = _inter_union(p, g, ign)
-        per_sample.append(inter / union if union else 1.0)
-        sum_i += inter
-        sum_u += union
-        if g.empty:
-            n_no += 1
-            n_no_ok += p.empty
-        else:
-            n_t += 1
-            n_t_ok += not p.empty
+        per_sample.append(inter / union if union else float(empty_iou))
+        inters.append(inter)
+        unions.append(union)
+        no_target.append(g.empty)
+        empty.append(p.empty)
+    no_target, empty = np.array(no_target, bool), np.array(empty, bool)
+    wu = float(np.dot(w, unions)) if n else 0.0
     return {
-        "gIoU": float(np.mean(per_sample)) if n else None,
-        "cIoU": sum_i / sum_u if sum_u else None,
-        "N_acc": n_no_ok / n_no if n_no else None,
-        "T_acc": n_t_ok / n_t if n_t else None,
+        "gIoU": (float(np.mean(per_sample)) if weights is None else float(np.dot(w, per_sample) / w.sum()))
+        if n and w.sum() > 0 else None,
+        "cIoU": float(np.dot(w, inters)) / wu if wu > 0 else None,
+        "N_acc": _share(no_target, empty, w),
+        "T_acc": _share(~no_target, ~empty, w),
         "n": n,
-        "n_no_target": n_no,
-        "n_target": n_t,
-        "intersection": sum_i,
-        "union": sum_u,
+        "n_no_target": int(no_target.sum()),
+        "n_target": int(n - no_target.sum()),
+        "intersection": int(sum(inters)),
+        "union": int(sum(unions)),
         "per_sample": per_sample,
     }
 
@@ -266,32 +339,39 @@ def _acc_key(t: float) -> str:
     return f"Acc@{t:g}"
 
 
-def box_accuracy(pred_boxes, gt_boxes, thresholds=(0.5, 0.8)) -> dict:
-    """REC accuracy: share of expressions whose predicted box has IoU >= t with the ground truth.
+def box_accuracy(pred_boxes, gt_boxes, thresholds=(0.5, 0.8), weights=None) -> dict:
+    """REC accuracy: share of the expressions with a target whose predicted box has IoU >= t.
 
     ``pred_boxes[i]``: the expression's predicted box (normalized (u1, v1, u2, v2)) or None (a
     miss). ``gt_boxes[i]``: a box, a list of boxes (multi-target: the IoU with the best-matching
-    box counts) or None / [] (no target: IoU 1 when the prediction is None, else 0). Returns
-    ``{"Acc@0.5": .., "Acc@0.8": .., "mean_iou", "n", "n_no_target", "per_sample"}`` (one
-    ``Acc@t`` per threshold; values None when n = 0).
+    box counts) or None / [] (no target: outside Acc@t and mean_iou; counted in N_acc, the share
+    of them answered with None). ``weights``: one per expression (default 1). Returns
+    ``{"Acc@0.5": .., "Acc@0.8": .., "mean_iou", "N_acc", "n", "n_target", "n_no_target",
+    "per_sample"}`` (one ``Acc@t`` per threshold; Acc@t and mean_iou None without a target
+    expression, N_acc None without a no-target one). ``per_sample``: the IoU of a target
+    expression, 1 / 0 for a no-target one answered with None / a box.
     """
     n = _check_lengths(pred_boxes=pred_boxes, gt_boxes=gt_boxes)
+    w = _weights(weights, n)
     thresholds = tuple(float(t) for t in thresholds)
     ious: list[float] = []
-    n_no = 0
+    target = np.zeros(n, bool)
     for i in range(n):
         p = _one_box(pred_boxes[i], f"expression {i}: prediction")
         g = _gt_boxes(gt_boxes[i], f"expression {i}")
-        if len(g) == 0:
-            n_no += 1
+        target[i] = len(g) > 0
+        if not target[i]:
             ious.append(1.0 if p is None else 0.0)
         elif p is None:
             ious.append(0.0)
         else:
             ious.append(float(box_iou_matrix(p[None], g).max()))
-    out = {_acc_key(t): (sum(iou >= t for iou in ious) / n if n else None) for t in thresholds}
-    out.update({"mean_iou": float(np.mean(ious)) if n else None, "n": n, "n_no_target": n_no,
-                "per_sample": ious})
+    arr = np.array(ious, float)
+    out = {_acc_key(t): _share(target, arr >= t, w) for t in thresholds}
+    wt = float(w[target].sum())
+    out.update({"mean_iou": float(np.dot(w[target], arr[target])) / wt if wt > 0 else None,
+                "N_acc": _share(~target, arr == 1.0, w), "n": n, "n_target": int(target.sum()),
+                "n_no_target": int(n - target.sum()), "per_sample": ious})
     return out
 
 
@@ -487,7 +567,7 @@ def _gt_dict(gt, i: int) -> dict:
 _NEEDS = {"seg": ("mask",), "box": ("box",), "point": ("mask", "points"), "line": ("polyline",)}
 
 
-def evaluate_predictions(records, strict: bool = False) -> dict:
+def evaluate_predictions(records, strict: bool = False, rules: MetricRules | None = None) -> dict:
     """Every applicable metric per task, from per-expression records.
 
     A record is a dict ``{"task" (default: the ground truth's), "parsed": Parsed or None,
@@ -496,7 +576,8 @@ def evaluate_predictions(records, strict: bool = False) -> dict:
     ``pred_masks`` is required for "seg" records. The prediction is what the parser recovered
     (``Parsed.instances``); with ``strict=True`` an answer that is not ``valid`` counts as empty.
     An answer with no instance (parse failure, ``<none>``, None) is an empty prediction: it is
-    scored, never skipped.
+    scored, never skipped. ``rules``: the gIoU empty convention and the counting
+    (``MetricRules``; default LISA / ReLA, per expression).
 
     Returns ``{task: {"n", "format_validity", "n_no_instance", <family>: {...}}}`` with families
     "segmentation" (seg; ``segmentation_scores`` without per_sample), "box" (box; and seg when
@@ -505,8 +586,11 @@ def evaluate_predictions(records, strict: bool = False) -> dict:
     targets' points; ``gt_kind`` says "mask", "points" or "mixed") and
     "polyline" (line).
     """
+    rules = rules or MetricRules()
     out: dict = {}
     for task, items in _group_by_task(records).items():
+        weights = (None if rules.counting == "per-expression"
+                   else instance_weights([gt.get("sample_id", "") for _, _, gt in items]))
         insts_list = []
         for i, rec, _ in items:
             parsed = rec.get("parsed")
@@ -516,12 +600,12 @@ def evaluate_predictions(records, strict: bool = False) -> dict:
                      "n_no_instance": sum(not x for x in insts_list)}
         gts = [gt for _, _, gt in items]
         if task == "seg":
-            res["segmentation"] = _segmentation_family(items, insts_list)
+            res["segmentation"] = _segmentation_family(items, insts_list, rules.empty_iou, weights)
         seg_boxes = [t["box"] for gt in gts for t in gt["targets"]]
         if task == "box" or (task == "seg" and seg_boxes and all(b is not None for b in seg_boxes)):
             pb = [insts[0].box if insts else None for insts in insts_list]
             gb = [[t["box"] for t in gt["targets"] if t["box"] is not None] for gt in gts]
-            res["box"] = box_accuracy(pb, gb)
+            res["box"] = box_accuracy(pb, gb, weights=weights)
             res["box"].pop("per_sample")
         if task == "point":
             res["point"] = _point_family(items, insts_list)
@@ -553,7 +637,7 @@ def _group_by_task(records) -> dict[str, list[tuple[int, dict, dict]]]:
     return groups
 
 
-def _segmentation_family(items, insts_list) -> dict:
+def _segmentation_family(items, insts_list, empty_iou: float = 1.0, weights=None) -> dict:
     """``segmentation_scores`` (without per_sample) of seg records; an answer without instances
     is an empty prediction."""
     preds, gms, igns = [], [], []
@@ -574,7 +658,7 @@ def _segmentation_family(items, insts_list) -> dict:
         preds.append(pm if insts else None)
         gms.append(union_masks([t["mask"] for t in gt["targets"] if t["mask"] is not None]))
         igns.append(gt["ignore"])
-    seg = segmentation_scores(preds, gms, igns)
+    seg = segmentation_scores(preds, gms, igns, empty_iou=empty_iou, weights=weights)
     seg.pop("per_sample")
     return seg
 
@@ -600,6 +684,6 @@ def _point_family(items, insts_list) -> dict:
     return pa
 
 
-__all__ = ["segmentation_scores", "box_accuracy", "polyline_scores",
+__all__ = ["MetricRules", "instance_weights", "GIOU_EMPTY", "COUNTING", "REC_RULE", "segmentation_scores", "box_accuracy", "polyline_scores",
            "point_accuracy", "format_validity", "evaluate_predictions",
            "union_masks", "DEFAULT_TOL_FRACTION"]

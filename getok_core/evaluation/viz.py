@@ -1,8 +1,10 @@
 """Pictures of GETok answers: the image, the grid, the predicted tokens, predicted and GT masks.
 
 ``render_overlay`` returns a PIL image; ``write_report`` writes a static HTML page of overlays.
-Colours: predictions in orange (masks filled, boxes solid, seg points as dots with their cell),
-ground truth in green (mask outlines, boxes dashed). Coordinates in are normalized.
+Colours: predictions in orange (masks filled, boxes solid, seg points as dots with their cell,
+optionally the grid tokens' cells shaded), ground truth in green (mask outlines, boxes dashed),
+refinement moves in cyan (an arrow from each anchor before a round to where its offset put it, a
+cross where a point was deleted). Coordinates in are normalized.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..codec.instance import InstanceCells
 from ..codec.vocab import GetokVocab
 
 PRED = (255, 140, 0)
 GT = (40, 200, 80)
 GRID = (255, 255, 255)
+MOVE = (0, 200, 255)
+#: Opacity (0-255) of a shaded token cell.
+CELL_ALPHA = 96
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -34,11 +40,23 @@ def _upscale(img: Image.Image, min_side: int) -> tuple[Image.Image, float]:
     return img, s
 
 
+def token_cells(cells: InstanceCells) -> list[tuple[int, int]]:
+    """Every grid cell (x, y) an instance's tokens name: box corners, seg points, the point,
+    polyline and polygon vertices (repeats kept once, in that order)."""
+    out = list(cells.box or ()) + list(cells.points) + ([cells.point] if cells.point is not None else [])
+    out += list(cells.polyline or ()) + list(cells.polygon or ())
+    return list(dict.fromkeys(tuple(c) for c in out))
+
+
 def render_overlay(image: np.ndarray, vocab: GetokVocab, instances=(), pred_masks=(), gt_masks=(),
-                   gt_boxes=(), caption: str | None = None, grid: bool = True, min_side: int = 384) -> Image.Image:
+                   gt_boxes=(), caption: str | None = None, grid: bool = True, min_side: int = 384,
+                   cells=(), moves=(), deleted=()) -> Image.Image:
     """An RGB picture: ``image`` (H, W, 3 uint8) upscaled so its short side is at least
     ``min_side``, the n x n grid, predicted masks (bool (H, W)) and instances (boxes, seg points
-    labelled with their cell, points, lines, polygons), GT masks (outlines) and boxes (dashed)."""
+    labelled with their cell, points, lines, polygons), GT masks (outlines) and boxes (dashed).
+    ``cells``: ``InstanceCells`` whose token cells are shaded (orange, ``CELL_ALPHA``) and
+    outlined; ``moves``: ((u0, v0), (u1, v1)) refinement moves drawn as cyan arrows;
+    ``deleted``: (u, v) of deleted points, drawn as cyan crosses."""
     base = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     rgb = np.asarray(base).astype(np.float32)
     for m in pred_masks:
@@ -60,6 +78,11 @@ def render_overlay(image: np.ndarray, vocab: GetokVocab, instances=(), pred_mask
 
     def px(uv):
         return uv[0] * W, uv[1] * H
+
+    for c in cells:
+        for x, y in token_cells(c):
+            draw.rectangle([x * W / n, y * H / n, (x + 1) * W / n - 1, (y + 1) * H / n - 1],
+                           fill=PRED + (CELL_ALPHA,), outline=PRED + (255,))
 
     for b in gt_boxes:
         if b is not None:
@@ -84,11 +107,29 @@ def render_overlay(image: np.ndarray, vocab: GetokVocab, instances=(), pred_mask
             if line:
                 pts = [px(p) for p in line] + ([px(line[0])] if closed else [])
                 draw.line(pts, fill=PRED, width=2)
+    _draw_moves(draw, [(px(a), px(b)) for a, b in moves], [px(p) for p in deleted], r)
     if caption:
         text = caption if len(caption) <= 140 else caption[:137] + "..."
         draw.rectangle([0, H - 14, W, H], fill=(0, 0, 0, 160))
         draw.text((3, H - 13), text, fill=(255, 255, 255), font=font)
     return img
+
+
+def _draw_moves(draw, moves, deleted, r: int) -> None:
+    """Arrows (pixel start -> end, head at the end) and crosses (pixel centres) in ``MOVE``."""
+    for (x0, y0), (x1, y1) in moves:
+        draw.line([(x0, y0), (x1, y1)], fill=MOVE, width=2)
+        d = float(np.hypot(x1 - x0, y1 - y0))
+        if d < 1e-6:
+            continue
+        ux, uy = (x1 - x0) / d, (y1 - y0) / d
+        head = min(float(r + 3), d)
+        back = (x1 - ux * head, y1 - uy * head)
+        draw.polygon([(x1, y1), (back[0] - uy * head / 2, back[1] + ux * head / 2),
+                      (back[0] + uy * head / 2, back[1] - ux * head / 2)], fill=MOVE)
+    for x, y in deleted:
+        draw.line([(x - r, y - r), (x + r, y + r)], fill=MOVE, width=2)
+        draw.line([(x - r, y + r), (x + r, y - r)], fill=MOVE, width=2)
 
 
 def write_report(out_dir, sections: list[tuple[str, list[dict]]], title: str = "GETok evaluation",
@@ -119,4 +160,4 @@ def write_report(out_dir, sections: list[tuple[str, list[dict]]], title: str = "
     return path
 
 
-__all__ = ["render_overlay", "write_report", "PRED", "GT"]
+__all__ = ["render_overlay", "token_cells", "write_report", "PRED", "GT", "MOVE", "CELL_ALPHA"]

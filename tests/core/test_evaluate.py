@@ -294,3 +294,70 @@ def test_cli_eval_errors_name_file_and_line(tmp_path, capsys):
     assert main(["eval", "--pred", str(pred), "--data", str(data), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "getok eval: error:" in err and "p.jsonl: 1 of 2 rows have no 'id'" in err and "line(s) 2" in err
+
+
+# ---------------------------------------------------------------------- metric rules, paper tables (issue 16)
+def test_rec_rule_held_out_case_through_getok_eval(tmp_path):
+    """One no-target expression answered <none>, one miss, one hit, scored by the real command:
+    Acc@0.5 = 0.5 over the two expressions with a target; the rejection is box N_acc; the
+    conventions are named in metrics.json and on the console."""
+    from getok_core.cli import main
+
+    size = (64, 48)
+    rows = []
+    for k, targets in enumerate([[], [target(box=(0.25, 0.25, 0.75, 0.75))], [target(box=(0.25, 0.25, 0.75, 0.75))]]):
+        g = ground_truth(targets, size=size, task="box", image_path=str(tmp_path / "img.png"), image_key="img",
+                         sample_id=f"s{k}", expression=f"thing {k}")
+        rows.append(json.dumps({"prompt": f"<image>Find thing {k}.", "answer": g}))
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "data" / "easyr1").mkdir(parents=True)
+    (tmp_path / "data" / "easyr1" / "val.jsonl").write_text("\n".join(rows) + "\n")
+    answers = ["<answer><none></answer>",
+               "<answer><box><grid0,0><grid3,3></box></answer>",     # far from the target: a miss
+               "<answer><box><grid8,8><grid23,23></box></answer>"]   # the target's cells: a hit
+    pred = write(tmp_path / "p.jsonl", [{"id": f"s{k}#0", "response": a} for k, a in enumerate(answers)])
+    assert main(["eval", "--pred", str(pred), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                 "--decoder", "none", "--first", "0", "--worst", "0"]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    box = m["box"]["box"]
+    assert box["Acc@0.5"] == 0.5 and box["N_acc"] == 1.0 and (box["n_target"], box["n_no_target"]) == (2, 1)
+    conv = m["_meta"]["conventions"]
+    assert conv["giou_empty"] == "one" and conv["counting"] == "per-expression" and "with a target" in conv["rec"]
+
+
+def test_suite_on_the_sample_writes_the_paper_tables(data, tmp_path):
+    """``getok eval --suite`` on the prepared sample, its val split standing for three paper
+    cells: tables.md / tables.json in the layout of Tables 1, 4 and 7 with the published
+    numbers, this run's row and the differences; ``--tables`` rebuilds them from the reports."""
+    exe = shutil.which("getok", path=str(Path(sys.executable).parent))
+    pred = write(tmp_path / "oracle.jsonl", swift_infer_style(data))
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"runs": [
+        {"benchmark": "refcoco", "split": "val", "pred": "oracle.jsonl", "data": str(data)},
+        {"benchmark": "ReasonSeg", "split": "test", "pred": "oracle.jsonl", "data": str(data), "data_split": "val"},
+        {"benchmark": "grefcoco", "split": "val", "pred": "oracle.jsonl", "data": str(data)}]}))
+    out = subprocess.run([exe, "eval", "--suite", str(suite), "--out", str(tmp_path / "t"), "--first", "0",
+                          "--worst", "0"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "t" / "tables.md").read_text()
+    assert "## Table 1:" in md and "## Table 4:" in md and "## Table 7:" in md and "### Acc@0.8" in md
+    assert "| GETok-R1 | 65.9 | 64.2 | - | 80.8 |" in md and "Δ vs GETok-SFT" in md
+    assert "Conventions: gIoU of an empty prediction on an empty ground truth = 1" in md and "Conventions" in out.stdout
+    tab = json.loads((tmp_path / "t" / "tables.json").read_text())
+    seg = json.loads((tmp_path / "t" / "refcoco-val" / "metrics.json").read_text())["seg"]
+    res = tab["tables"]["res"]["blocks"][0]
+    assert res["measured"]["refcoco/val"] == pytest.approx(100 * seg["segmentation"]["cIoU"])
+    assert res["measured"]["reasonseg/test"] == pytest.approx(100 * seg["segmentation"]["gIoU"])
+    assert res["compare"]["GETok-SFT"]["delta"]["refcoco/val"] == pytest.approx(100 * seg["segmentation"]["cIoU"] - 76.1)
+    rec = tab["tables"]["rec"]["blocks"]
+    assert rec[0]["measured"]["refcoco/val"] == pytest.approx(100 * seg["box"]["Acc@0.5"])
+    assert rec[1]["compare"]["GETok-SFT"]["values"]["refcoco/val"] == 74.9
+    grc = tab["tables"]["grefcoco"]["blocks"][0]["measured"]
+    assert grc["grefcoco/val/N-acc"] == 100.0 and grc["grefcoco/testA/gIoU"] is None
+    again = subprocess.run([exe, "eval", "--tables", str(tmp_path / "t" / "refcoco-val"),
+                            f"reasonseg/test={tmp_path / 't' / 'reasonseg-test'}", "--out", str(tmp_path / "u")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    rebuilt = json.loads((tmp_path / "u" / "tables.json").read_text())
+    assert rebuilt["tables"]["res"]["blocks"][0]["measured"] == {
+        k: (v if k in ("refcoco/val", "reasonseg/test") else None) for k, v in res["measured"].items()}

@@ -12,8 +12,9 @@ from getok_core import GetokVocab, Instance, format_answer, parse_answer
 from getok_core.data.groundtruth import dumps, make_ground_truth
 from getok_core.data.masks import encode_rle, to_coco
 from getok_core.codec.geometry import box_iou, box_iou_matrix, point_segment_distances
-from getok_core.evaluation.metrics import (box_accuracy, evaluate_predictions, format_validity, point_accuracy,
-                                           polyline_scores, segmentation_scores, union_masks)
+from getok_core.evaluation.metrics import (MetricRules, box_accuracy, evaluate_predictions, format_validity,
+                                           instance_weights, point_accuracy, polyline_scores, segmentation_scores,
+                                           union_masks)
 from getok_core.data.records import Sample, Target
 
 
@@ -239,24 +240,95 @@ def test_box_accuracy_hand_computed():
     assert r["Acc@0.5"] == pytest.approx(3 / 5)
     assert r["Acc@0.8"] == pytest.approx(3 / 5)
     assert r["mean_iou"] == pytest.approx((2.8 + 1 / 7) / 5)
-    assert r["n"] == 5 and r["n_no_target"] == 0
+    assert r["n"] == 5 and r["n_no_target"] == 0 and r["n_target"] == 5 and r["N_acc"] is None
     r9 = box_accuracy(preds, gts, thresholds=(0.1, 0.9))
     assert r9["Acc@0.1"] == pytest.approx(4 / 5) and r9["Acc@0.9"] == pytest.approx(2 / 5)
     assert "Acc@0.5" not in r9
 
 
 def test_box_accuracy_no_target_and_invalid():
+    # no-target expressions only: no Acc@t (nothing to hit), N_acc = share answered with no box
     r = box_accuracy([None, (0, 0, 1, 1), None], [None, [], np.zeros((0, 4))])
-    assert r["per_sample"] == [1.0, 0.0, 1.0] and r["n_no_target"] == 3
-    assert r["Acc@0.5"] == pytest.approx(2 / 3)
+    assert r["per_sample"] == [1.0, 0.0, 1.0] and r["n_no_target"] == 3 and r["n_target"] == 0
+    assert r["Acc@0.5"] is None and r["mean_iou"] is None and r["N_acc"] == pytest.approx(2 / 3)
     empty = box_accuracy([], [])
-    assert empty["n"] == 0 and empty["Acc@0.5"] is None and empty["mean_iou"] is None
+    assert empty["n"] == 0 and empty["Acc@0.5"] is None and empty["mean_iou"] is None and empty["N_acc"] is None
     with pytest.raises(ValueError, match="expression 1: prediction"):
         box_accuracy([(0, 0, 1, 1), (0, 0, 1)], [(0, 0, 1, 1), (0, 0, 1, 1)])
     with pytest.raises(ValueError, match="expression 0"):
         box_accuracy([(0, 0, 1, 1)], [[(0, 0, 1)]])
     with pytest.raises(ValueError, match="lengths"):
         box_accuracy([None], [None, None])
+
+
+def test_rec_rule_held_out_case():
+    """The issue's case: one no-target expression (answered with nothing), one miss, one hit:
+    Acc@0.5 = 1/2 over the two target expressions (it was 2/3 when the correct rejection counted
+    as a hit); the rejection is in N_acc."""
+    r = box_accuracy([None, (0.6, 0.6, 1, 1), (0, 0, 0.5, 0.5)], [None, (0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5)])
+    assert r["Acc@0.5"] == 0.5 and r["Acc@0.8"] == 0.5 and r["N_acc"] == 1.0
+    assert r["mean_iou"] == 0.5 and (r["n"], r["n_target"], r["n_no_target"]) == (3, 2, 1)
+    # a box on the no-target expression changes N_acc only
+    r2 = box_accuracy([(0, 0, 1, 1), (0.6, 0.6, 1, 1), (0, 0, 0.5, 0.5)], [None, (0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5)])
+    assert r2["Acc@0.5"] == 0.5 and r2["N_acc"] == 0.0
+
+
+def test_giou_empty_convention_switch():
+    """Seg-Zero's convention (empty on empty = 0) changes gIoU and per_sample only."""
+    lisa = segmentation_scores(PRED, GT)
+    segzero = segmentation_scores(PRED, GT, empty_iou=0.0)
+    assert segzero["per_sample"] == pytest.approx([1 / 3, 0.0, 0.0, 0.0])
+    assert segzero["gIoU"] == pytest.approx(1 / 12) and lisa["gIoU"] == pytest.approx(EXPECTED["gIoU"])
+    for k in ("cIoU", "N_acc", "T_acc", "intersection", "union", "n_no_target"):
+        assert segzero[k] == lisa[k], k
+    with pytest.raises(ValueError, match="giou_empty"):
+        MetricRules(giou_empty="half")
+    with pytest.raises(ValueError, match="counting"):
+        MetricRules(counting="per-image")
+    d = MetricRules("zero", "per-instance").describe()
+    assert d["giou_empty"] == "zero" and "Seg-Zero" in d["giou_empty_rule"] and d["counting"] == "per-instance"
+
+
+def test_per_instance_counting_weights():
+    """Per instance: an object's expressions share one weight. Expressions 0-1 belong to object a
+    (IoUs 1/3 and 1), 2-3 to objects b and c (IoU 0 each): gIoU (2/3 + 0 + 0) / 3, cIoU weighted."""
+    w = instance_weights(["a", "a", "b", "c"])
+    assert w == [0.5, 0.5, 1.0, 1.0]
+    r = segmentation_scores(PRED, GT, weights=w)
+    assert r["gIoU"] == pytest.approx(((1 / 3 + 1) / 2 + 0 + 0) / 3)
+    assert r["cIoU"] == pytest.approx((0.5 * 4) / (0.5 * 12 + 3 + 4))
+    assert r["N_acc"] == pytest.approx(0.5 / 1.5) and r["T_acc"] == pytest.approx(0.5 / 1.5)
+    assert (r["intersection"], r["union"]) == (4, 19)  # the pixel counts stay unweighted
+    ones, plain = segmentation_scores(PRED, GT, weights=[1, 1, 1, 1]), segmentation_scores(PRED, GT)
+    for k in ("gIoU", "cIoU", "N_acc", "T_acc"):
+        assert ones[k] == pytest.approx(plain[k]), k
+    b = box_accuracy([(0, 0, 0.5, 0.5), None, None], [(0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5), (0, 0, 1, 1)],
+                     weights=instance_weights(["a", "a", "b"]))
+    assert b["Acc@0.5"] == pytest.approx(0.5 / 2)
+    with pytest.raises(ValueError, match="weights"):
+        segmentation_scores(PRED, GT, weights=[1, 1])
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 8), copies=st.lists(st.integers(1, 4), min_size=8, max_size=8))
+def test_per_instance_counting_ignores_repeated_expressions(seed, n, copies):
+    """Per instance, an object answered k times alike scores as if answered once; with one
+    expression per object it equals per-expression counting."""
+    rng = np.random.default_rng(seed)
+    preds = [None if rng.random() < 0.2 else rng.random((5, 6)) < 0.4 for _ in range(n)]
+    gts = [None if rng.random() < 0.2 else rng.random((5, 6)) < 0.4 for _ in range(n)]
+    pb = [None if rng.random() < 0.2 else tuple(np.sort(rng.random(2)).tolist() * 2) for _ in range(n)]
+    gb = [None if rng.random() < 0.2 else tuple(np.sort(rng.random(2)).tolist() * 2) for _ in range(n)]
+    ids = [k for k in range(n) for _ in range(copies[k])]
+    once_seg, once_box = segmentation_scores(preds, gts), box_accuracy(pb, gb)
+    rep_seg = segmentation_scores([preds[k] for k in ids], [gts[k] for k in ids], weights=instance_weights(ids))
+    rep_box = box_accuracy([pb[k] for k in ids], [gb[k] for k in ids], weights=instance_weights(ids))
+    for k in ("gIoU", "cIoU", "N_acc", "T_acc"):
+        assert rep_seg[k] == pytest.approx(once_seg[k]), k
+    for k in ("Acc@0.5", "Acc@0.8", "mean_iou", "N_acc"):
+        assert rep_box[k] == pytest.approx(once_box[k]), k
+    unique = segmentation_scores(preds, gts, weights=instance_weights(list(range(n))))
+    assert unique["gIoU"] == pytest.approx(once_seg["gIoU"])
 
 
 # ---------------------------------------------------------------------- polylines
@@ -424,9 +496,16 @@ def test_evaluate_predictions_seg():
     assert seg["N_acc"] == 1.0 and seg["T_acc"] == 0.5 and seg["n"] == 4
     assert res["seg"]["format_validity"] == pytest.approx(2 / 4)
     assert res["seg"]["n_no_instance"] == 3
-    bx = res["seg"]["box"]  # the first instance's box vs the GT box; no-target answered empty = 1
-    assert bx["n"] == 4 and bx["n_no_target"] == 2
-    assert bx["Acc@0.5"] == pytest.approx(3 / 4)
+    bx = res["seg"]["box"]  # the first instance's box vs the GT box, over the target expressions
+    assert bx["n"] == 4 and bx["n_no_target"] == 2 and bx["n_target"] == 2
+    assert bx["Acc@0.5"] == pytest.approx(1 / 2) and bx["N_acc"] == 1.0  # a hit and a miss; 2 rejections
+    # the conventions: Seg-Zero's empty-empty 0, and per-instance counting (records 0-1 share object a)
+    segzero = evaluate_predictions(records, rules=MetricRules(giou_empty="zero"))["seg"]["segmentation"]
+    assert segzero["gIoU"] == pytest.approx(1 / 4) and segzero["cIoU"] == seg["cIoU"]
+    inst = evaluate_predictions(records[:3], rules=MetricRules(counting="per-instance"))["seg"]
+    assert evaluate_predictions(records[:3])["seg"]["segmentation"]["gIoU"] == pytest.approx(2 / 3)
+    assert inst["segmentation"]["gIoU"] == pytest.approx((0.5 * 1 + 0.5 * 0 + 1) / 2)
+    assert inst["box"]["Acc@0.5"] == pytest.approx(1 / 2)
     # a list of instance masks is OR-ed
     half1, half2 = _m(8, 8, (slice(2, 4), slice(2, 6))), _m(8, 8, (slice(4, 6), slice(2, 6)))
     r = evaluate_predictions([{"parsed": good, "pred_masks": [half1, encode_rle(half2)], "gt": gt_t}])

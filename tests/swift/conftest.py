@@ -1,6 +1,7 @@
 """Fixtures of the ms-swift plugin tests: an offline environment, the tiny random Qwen2.5-VL with
 the real Qwen2.5 tokenizer, the prepared sample dataset, and one chain of real `swift` CLI runs
-(sft -> infer --adapters -> export --merge_lora -> infer merged) shared by the tests that check it."""
+(sft -> infer --adapters -> export --merge_lora -> infer merged) shared by the tests that check it;
+the same chain once per other family (Qwen3-VL tied, Qwen2-VL untied: ``family_cli``)."""
 
 from __future__ import annotations
 
@@ -110,10 +111,10 @@ def loaded(tiny_model, plugin):
     return model, processor
 
 
-def make_template(processor, mode="train"):
+def make_template(processor, mode="train", template_type="getok_qwen2_5_vl"):
     from swift.template import get_template
 
-    template = get_template(processor, template_type="getok_qwen2_5_vl")
+    template = get_template(processor, template_type=template_type)
     template.set_mode(mode)
     return template
 
@@ -124,7 +125,8 @@ def helpers():
     from types import SimpleNamespace
 
     return SimpleNamespace(MEM_ANSWER=MEM_ANSWER, MEM_BOX=MEM_BOX, make_template=make_template, mem_row=mem_row,
-                           read_jsonl=read_jsonl)
+                           read_jsonl=read_jsonl, FAMILY_ANSWER=FAMILY_ANSWER, mem_ground_truth=mem_ground_truth,
+                           teach_refinable=teach_refinable)
 
 
 @pytest.fixture(scope="session")
@@ -170,30 +172,25 @@ def read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-@pytest.fixture(scope="session")
-def cli(work, tiny_model, prepared, images):
-    """The real CLI chain on the tiny model (CPU):
+def swift_chain(d: Path, model: str, model_type: str, train: list, val_rows: list[dict],
+                max_new_tokens: int) -> dict:
+    """The real CLI chain on a tiny model (CPU), in folder ``d``:
 
-    1. swift sft (getok_qwen2_5_vl model type + template, getok_lora tuner) on 2 rows of the prepared
-       sample JSONL and 48 copies of a standard grounding row (objects, real-pixel box), 40 steps;
-    2. swift infer --adapters CKPT (plugin, model, template, tuner replayed from args.json);
+    1. swift sft (the ``model_type`` model type + template, getok_lora tuner) on ``train`` (dataset
+       arguments), 40 steps;
+    2. swift infer --adapters CKPT (plugin, model, template, tuner replayed from args.json) on ``val_rows``;
     3. swift export --adapters CKPT --merge_lora true;
     4. greedy inference of the merged model with ms-swift's TransformersEngine (in-process: one CLI
        start-up less).
     Returns paths, responses and timings (also written to timings.json)."""
-    d = work / "cli"
     d.mkdir(exist_ok=True)
-    mem = d / "grounding.jsonl"
-    mem.write_text("".join(json.dumps(mem_row(images["mem"])) + "\n" for _ in range(48)))
-    val_row = read_jsonl(prepared / "swift" / "val.jsonl")[0]
     val = d / "val.jsonl"
-    val.write_text(json.dumps(mem_row(images["mem"])) + "\n" + json.dumps(val_row) + "\n")
+    val.write_text("".join(json.dumps(r) + "\n" for r in val_rows))
     timings = {}
     out_dir = d / "sft"
     timings["swift sft"] = run_swift("sft", [
-        "--custom_register_path", str(REGISTER), "--model", tiny_model, "--model_type", "getok_qwen2_5_vl",
-        "--template", "getok_qwen2_5_vl", "--tuner_type", "getok_lora",
-        "--dataset", f"{prepared / 'swift' / 'train.jsonl'}#2", str(mem),
+        "--custom_register_path", str(REGISTER), "--model", model, "--model_type", model_type,
+        "--template", model_type, "--tuner_type", "getok_lora", "--dataset", *train,
         "--max_steps", "40", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
         "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--lora_dropout", "0",
         "--torch_dtype", "float32", "--gradient_checkpointing", "false", "--save_steps", "40",
@@ -202,7 +199,8 @@ def cli(work, tiny_model, prepared, images):
     ckpts = sorted(out_dir.glob("v*/checkpoint-*"))
     assert ckpts, (d / "sft.log").read_text()[-3000:]
     ckpt = ckpts[-1]
-    infer_args = ["--val_dataset", str(val), "--max_new_tokens", "4", "--temperature", "0", "--max_batch_size", "1"]
+    infer_args = ["--val_dataset", str(val), "--max_new_tokens", str(max_new_tokens), "--temperature", "0",
+                  "--max_batch_size", "1"]
     timings["swift infer --adapters"] = run_swift(
         "infer", ["--adapters", str(ckpt), *infer_args, "--result_path", str(d / "infer_adapter.jsonl")],
         d / "infer_adapter.log")
@@ -215,18 +213,120 @@ def cli(work, tiny_model, prepared, images):
     from swift.infer_engine import InferRequest, RequestConfig, TransformersEngine
 
     t0 = time.time()
-    engine = TransformersEngine(str(merged), model_type="getok_qwen2_5_vl", torch_dtype=torch.float32,
-                                device_map="cpu")
+    engine = TransformersEngine(str(merged), model_type=model_type, torch_dtype=torch.float32, device_map="cpu")
     requests = [InferRequest(messages=[r["messages"][0]], images=r["images"], objects=r.get("objects") or {})
-                for r in read_jsonl(val)]
+                for r in val_rows]
     merged_out = [{"response": c.choices[0].message.content}
-                  for c in engine.infer(requests, RequestConfig(max_tokens=4, temperature=0))]
+                  for c in engine.infer(requests, RequestConfig(max_tokens=max_new_tokens, temperature=0))]
     timings["merged model, TransformersEngine in-process"] = time.time() - t0
     merged_info = dict(engine.model.getok_info)
     (d / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
-    print("CLI timings (s):", {k: round(v, 1) for k, v in timings.items()})
-    return {"dir": d, "ckpt": ckpt, "merged": merged, "timings": timings,
+    print(f"CLI timings (s), {model_type}:", {k: round(v, 1) for k, v in timings.items()})
+    return {"dir": d, "ckpt": ckpt, "merged": merged, "timings": timings, "model": model, "model_type": model_type,
             "adapter": read_jsonl(d / "infer_adapter.jsonl"), "merged_out": merged_out, "merged_info": merged_info}
+
+
+@pytest.fixture(scope="session")
+def cli(work, tiny_model, prepared, images):
+    """The CLI chain (``swift_chain``) of the tiny Qwen2.5-VL on 2 rows of the prepared sample JSONL
+    and 48 copies of a standard grounding row (objects, real-pixel box)."""
+    d = work / "cli"
+    d.mkdir(exist_ok=True)
+    mem = d / "grounding.jsonl"
+    mem.write_text("".join(json.dumps(mem_row(images["mem"])) + "\n" for _ in range(48)))
+    val_row = read_jsonl(prepared / "swift" / "val.jsonl")[0]
+    return swift_chain(d, tiny_model, "getok_qwen2_5_vl", [f"{prepared / 'swift' / 'train.jsonl'}#2", str(mem)],
+                       [mem_row(images["mem"]), val_row], max_new_tokens=4)
+
+
+# ---------------------------------------------------------------------- the other model families
+#: The families besides Qwen2.5-VL (which runs the whole matrix): one CLI chain (sft -> infer ->
+#: export) and one multi-turn GRPO run each. Qwen3-VL ties its embeddings (like Qwen3-VL-2B / 4B),
+#: Qwen2-VL unties them (like Qwen2-VL-7B): each tuner path runs once more on another architecture.
+OTHER_FAMILIES = {"qwen3_vl": True, "qwen2_vl": False}
+#: The refinable turn 1 that ``teach_refinable`` teaches: the memorized box inside <answer>.
+FAMILY_ANSWER = f"<answer>{MEM_ANSWER}</answer>"
+
+
+@pytest.fixture(scope="session")
+def family_model(work):
+    """``get(family, tied)``: the folder of that family's tiny model, built once per session."""
+    built = {}
+
+    def get(name: str, tied: bool = False) -> str:
+        if (name, tied) not in built:
+            from getok_core.models.tiny_model import build_tiny_model
+
+            built[name, tied] = build_tiny_model(work / f"tiny-{name}{'-tied' if tied else ''}", name, seed=0,
+                                                 tie_word_embeddings=tied)
+        return built[name, tied]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=list(OTHER_FAMILIES))
+def family_cli(request, work, family_model, images, plugin):
+    """The CLI chain (``swift_chain``) of another family's tiny model on 48 copies of the standard
+    grounding row (``mem_row``); adds ``family`` and ``tied``."""
+    from getok_core.models.tiny_model import family
+
+    fam = family(request.param)
+    tied = OTHER_FAMILIES[fam.name]
+    d = work / f"cli-{fam.name}"
+    d.mkdir(exist_ok=True)
+    mem = d / "grounding.jsonl"
+    mem.write_text("".join(json.dumps(mem_row(images["mem"])) + "\n" for _ in range(48)))
+    out = swift_chain(d, family_model(fam.name, tied), fam.model_type, [str(mem)], [mem_row(images["mem"])],
+                      max_new_tokens=4)
+    return dict(out, family=fam, tied=tied)
+
+
+def teach_refinable(d: Path, model: str, model_type: str, image: str) -> str:
+    """``model`` taught one refinable turn-1 answer (``FAMILY_ANSWER`` to "Find the cat." on
+    ``image``) by a full-parameter swift sft (the text tokens of ``<answer>`` are learnt in a few
+    steps); returns the checkpoint folder."""
+    d.mkdir(exist_ok=True)
+    row = {"messages": [{"role": "user", "content": "<image>Find the cat."},
+                        {"role": "assistant", "content": FAMILY_ANSWER}], "images": [image]}
+    data = d / "sft.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for _ in range(32)))
+    run_swift("sft", [
+        "--custom_register_path", str(REGISTER), "--model", model, "--model_type", model_type,
+        "--template", model_type, "--tuner_type", "full", "--dataset", str(data),
+        "--max_steps", "30", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+        "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+        "--torch_dtype", "float32", "--gradient_checkpointing", "false", "--save_steps", "30",
+        "--save_only_model", "true", "--logging_steps", "10", "--dataloader_num_workers", "0",
+        "--dataset_num_proc", "1", "--split_dataset_ratio", "0", "--report_to", "none",
+        "--output_dir", str(d / "sft")], d / "sft.log", timeout=420)
+    return str(sorted((d / "sft").glob("v*/checkpoint-*"))[-1])
+
+
+@pytest.fixture(scope="session", params=list(OTHER_FAMILIES))
+def family_refinable(request, work, family_model, images, plugin):
+    """(family, checkpoint): another family's tiny model taught the refinable turn 1 (``teach_refinable``)."""
+    from getok_core.models.tiny_model import family
+
+    fam = family(request.param)
+    ckpt = teach_refinable(work / f"refinable-{fam.name}", family_model(fam.name, OTHER_FAMILIES[fam.name]),
+                           fam.model_type, images["mem"])
+    return fam, ckpt
+
+
+def mem_ground_truth(image: str) -> str:
+    """The ``solution`` (ground-truth JSON) of the memorization row's box on ``image`` (mask = box)."""
+    import numpy as np
+
+    from getok_core.data.masks import encode_rle
+
+    w, h = MEM_IMAGE_SIZE
+    x0, y0, x1, y1 = MEM_BOX
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return json.dumps({"version": 1, "sample_id": "cat", "image_key": "mem", "image_path": image,
+                       "image_size": [w, h], "task": "seg", "expression": "the cat", "no_target": False,
+                       "targets": [{"mask": encode_rle(m), "box": [x0 / w, y0 / h, x1 / w, y1 / h], "points": [],
+                                    "polyline": None}], "ignore": None, "extra": {}})
 
 
 # ---------------------------------------------------------------------- SAM tests

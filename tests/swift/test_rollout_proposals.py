@@ -198,34 +198,72 @@ def test_easyr1_renders_the_two_turn_conversation(rolled, data):
     from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(rolled["model"])
-    assert R.chat_template_matches(proc)
-    row = rolled["rows"][0]
+    question = read_jsonl(data / "easyr1" / "val.jsonl")[0]["prompt"]
+    ids = check_easyr1_rendering(proc, rolled["rows"][0], question, rolled["answer"])
+    tok = proc.tokenizer
+    im_start, im_end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    # system, user, assistant, user, then the generation prompt's assistant
+    assert ids.count(im_start) == 5 and ids.count(im_end) == 4
+    assert all(tok.convert_tokens_to_ids(t) in ids for t in ("<box>", "<seg>"))  # GETok tokens as single ids
+    # stage 1: the grid template keeps the question as written
+    grid_t = (FORMAT_DIR / "getok_grid.jinja").read_text(encoding="utf-8")
+    assert Template(grid_t.strip()).render(content=question) == question
+
+
+def check_easyr1_rendering(processor, row: dict, question: str, answer: str) -> list[int]:
+    """EasyR1's steps on stage-2 ``row`` (format_prompt Jinja, the prompt split on <image> into one
+    user message, ``processor``'s chat template) == the real two-turn conversation, text and ids."""
+    assert R.chat_template_matches(processor)
     refine_t = (FORMAT_DIR / "getok_refine.jinja").read_text(encoding="utf-8")
     prompt = Template(refine_t.strip()).render(content=row["prompt"])
     assert prompt == row["prompt"]
     messages = []
     for i, part in enumerate(prompt.split("<image>")):
         messages += ([{"type": "image"}] if i else []) + ([{"type": "text", "text": part}] if part else [])
-    easyr1 = proc.apply_chat_template([{"role": "user", "content": messages}], add_generation_prompt=True,
-                                      tokenize=False)
-    question = read_jsonl(data / "easyr1" / "val.jsonl")[0]["prompt"]
-    real = proc.apply_chat_template(
+    easyr1 = processor.apply_chat_template([{"role": "user", "content": messages}], add_generation_prompt=True,
+                                           tokenize=False)
+    real = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question[len("<image>"):]}]},
-         {"role": "assistant", "content": rolled["answer"]},
-         {"role": "user", "content": [{"type": "text", "text": refine_message(start_refinement(rolled["answer"]))}]}],
+         {"role": "assistant", "content": answer},
+         {"role": "user", "content": [{"type": "text", "text": refine_message(start_refinement(answer))}]}],
         add_generation_prompt=True, tokenize=False)
     assert easyr1 == real
     image = [R.load_image(row["images"][0])]
-    ids = proc(images=image, text=[easyr1], add_special_tokens=False)["input_ids"][0]
-    assert list(ids) == list(proc(images=image, text=[real], add_special_tokens=False)["input_ids"][0])
+    ids = processor(images=image, text=[easyr1], add_special_tokens=False)["input_ids"][0]
+    assert list(ids) == list(processor(images=image, text=[real], add_special_tokens=False)["input_ids"][0])
+    return list(ids)
+
+
+def test_family_rollout_proposals_rows_render_with_its_chat_template(family_refinable, data, tmp_path):
+    """Qwen3-VL / Qwen2-VL: `getok rollout-proposals` with the family's tiny model taught a
+    refinable turn 1 (``teach_refinable``), and the stage-2 rows rendered by that model's chat
+    template (Qwen3-VL: no default system turn) exactly as the real conversation."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(data / "easyr1", prepared / "easyr1")
+    for f in (prepared / "easyr1").glob("val_refine*"):
+        f.unlink()
+    fam, model = family_refinable
+    args = ["rollout-proposals", "--model", model, "--prepared", str(prepared), "--split",
+            "val", "--backend", "transformers", "--num-samples", "1", "--temperature", "0", "--max-new-tokens", "16",
+            "--limit", "2", "--min-pixels", "0", "--dtype", "float32", "--no-progress"]
+    assert getok_main(args) == 0
+    out = prepared / "easyr1" / "val_refine.jsonl"
+    rows = read_jsonl(out)
+    summary = json.loads(R.paths_for(out)["summary"].read_text())
+    assert rows, summary  # the memorized answer is refinable: stage-2 rows are written
+    proc = AutoProcessor.from_pretrained(model)
+    question = read_jsonl(prepared / "easyr1" / "val.jsonl")[0]["prompt"]
+    answer = json.loads(rows[0]["answer"])["extra"]["proposal"]
+    ids = check_easyr1_rendering(proc, rows[0], question, answer)
     tok = proc.tokenizer
-    im_start, im_end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
-    # system, user, assistant, user, then the generation prompt's assistant
-    assert list(ids).count(im_start) == 5 and list(ids).count(im_end) == 4
-    assert all(tok.convert_tokens_to_ids(t) in ids for t in ("<box>", "<seg>"))  # GETok tokens as single ids
-    # stage 1: the grid template keeps the question as written
-    grid_t = (FORMAT_DIR / "getok_grid.jinja").read_text(encoding="utf-8")
-    assert Template(grid_t.strip()).render(content=question) == question
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    # Qwen3-VL's template opens no system turn: user, assistant, user, generation prompt
+    assert ids.count(im_start) == (4 if fam.name == "qwen3_vl" else 5)
+    assert tok.convert_tokens_to_ids("<box>") in ids
 
 
 def _right_and_wrong(gt: dict, answer: str) -> tuple[str, str]:

@@ -218,54 +218,31 @@ orms["record_turns"] = RecordTurns
 
 @pytest.fixture(scope="module")
 def refinable_model(work, tiny_model, images, helpers):
-    """The tiny model taught one refinable turn-1 answer (full-parameter swift sft: the text tokens of
-    ``<answer>`` are learnt in a few steps), so that its GRPO rollouts go on to the refinement turn."""
-    from conftest import MEM_IMAGE_SIZE
+    """The tiny model taught one refinable turn-1 answer (``helpers.teach_refinable``), so that its
+    GRPO rollouts go on to the refinement turn; with its GRPO row and the answer."""
+    ckpt = helpers.teach_refinable(work / "multiturn", tiny_model, "getok_qwen2_5_vl", images["mem"])
+    row = {"messages": [{"role": "user", "content": "<image>Find the cat."}], "images": [images["mem"]],
+           "solution": helpers.mem_ground_truth(images["mem"])}
+    return ckpt, row, helpers.FAMILY_ANSWER
 
-    d = work / "multiturn"
+
+def refine_grpo(d, model: str, model_type: str, grpo_row: dict, answer: str) -> None:
+    """`swift rlhf --rlhf_type grpo` with the getok_refine scheduler (2 turns), the refinement ORMs
+    and a recorder, 2 steps in folder ``d``; checks what the ORMs were handed and the logged rewards."""
+    import os
+
     d.mkdir(exist_ok=True)
-    answer = f"<answer>{helpers.MEM_ANSWER}</answer>"
-    row = {"messages": [{"role": "user", "content": "<image>Find the cat."},
-                        {"role": "assistant", "content": answer}], "images": [images["mem"]]}
-    data = d / "sft.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for _ in range(32)))
-    run_swift("sft", [
-        "--custom_register_path", str(REGISTER), "--model", tiny_model, "--model_type", "getok_qwen2_5_vl",
-        "--template", "getok_qwen2_5_vl", "--tuner_type", "full", "--dataset", str(data),
-        "--max_steps", "30", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
-        "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
-        "--torch_dtype", "float32", "--gradient_checkpointing", "false", "--save_steps", "30",
-        "--save_only_model", "true", "--logging_steps", "10", "--dataloader_num_workers", "0",
-        "--dataset_num_proc", "1", "--split_dataset_ratio", "0", "--report_to", "none",
-        "--output_dir", str(d / "sft")], d / "sft.log", timeout=420)
-    ckpt = sorted((d / "sft").glob("v*/checkpoint-*"))[-1]
-    w, h = MEM_IMAGE_SIZE
-    x0, y0, x1, y1 = helpers.MEM_BOX
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    gt = json.dumps({"version": 1, "sample_id": "cat", "image_key": "mem", "image_path": images["mem"],
-                     "image_size": [w, h], "task": "seg", "expression": "the cat", "no_target": False,
-                     "targets": [{"mask": encode_rle(m), "box": [x0 / w, y0 / h, x1 / w, y1 / h], "points": [],
-                                  "polyline": None}], "ignore": None, "extra": {}})
-    return ckpt, {"messages": row["messages"][:1], "images": row["images"], "solution": gt}, answer
-
-
-def test_swift_rlhf_grpo_runs_the_refinement_dialogue(work, refinable_model):
-    model, grpo_row, answer = refinable_model
-    d = work / "multiturn"
     data = d / "grpo.jsonl"
     data.write_text("".join(json.dumps(grpo_row) + "\n" for _ in range(4)))
     recorder = d / "record_turns.py"
     recorder.write_text(RECORDER)
     record = d / "record.jsonl"
     record.unlink(missing_ok=True)
-    import os
-
     os.environ["GETOK_TEST_RECORD"] = str(record)
     try:
         run_swift("rlhf", [
             "--rlhf_type", "grpo", "--use_vllm", "false", "--custom_register_path", str(REGISTER), str(recorder),
-            "--model", str(model), "--model_type", "getok_qwen2_5_vl", "--template", "getok_qwen2_5_vl",
+            "--model", str(model), "--model_type", model_type, "--template", model_type,
             "--tuner_type", "getok_lora", "--multi_turn_scheduler", "getok_refine", "--max_turns", "2",
             "--reward_funcs", "getok_refine", "getok_refine_format", "record_turns", "--dataset", str(data),
             "--max_steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "2",
@@ -294,3 +271,17 @@ def test_swift_rlhf_grpo_runs_the_refinement_dialogue(work, refinable_model):
     for rec in logged:  # the refinement reward of the dialogue, inside its documented range
         assert 0.0 <= float(rec["rewards/GetokRefine/mean"]) <= 2.5  # no decoder: [0, 2.5]
     assert list((d / "grpo").glob("v*/checkpoint-2"))
+
+
+def test_swift_rlhf_grpo_runs_the_refinement_dialogue(work, refinable_model):
+    model, grpo_row, answer = refinable_model
+    refine_grpo(work / "multiturn", str(model), "getok_qwen2_5_vl", grpo_row, answer)
+
+
+def test_family_swift_rlhf_grpo_runs_the_refinement_dialogue(family_refinable, work, images, helpers):
+    """Qwen3-VL / Qwen2-VL: the family's tiny model taught a refinable turn 1, through GRPO with the
+    refinement scheduler and the GETok rewards (getok_lora)."""
+    fam, ckpt = family_refinable
+    row = {"messages": [{"role": "user", "content": "<image>Find the cat."}], "images": [images["mem"]],
+           "solution": helpers.mem_ground_truth(images["mem"])}
+    refine_grpo(work / f"refinable-{fam.name}" / "grpo-run", ckpt, fam.model_type, row, helpers.FAMILY_ANSWER)

@@ -18,6 +18,7 @@ import torch
 
 VOCAB = GetokVocab()
 FIRST_GETOK_ID = 151665  # right after Qwen2.5's 151665 tokens (151643 BPE + 22 added)
+from conftest import OTHER_FAMILIES as OTHER_TIED  # noqa: E402  (family -> tied embeddings)
 
 
 def lora_args(**kw):
@@ -62,14 +63,72 @@ def test_tiny_model_command_line(monkeypatch, tmp_path, capsys):
     from getok_core.models import tiny_model
 
     calls = []
-    monkeypatch.setattr(tiny_model, "build_tiny_qwen2_5_vl", lambda out, **kw: calls.append((out, kw)) or str(out))
+    monkeypatch.setattr(tiny_model, "build_tiny_model",
+                        lambda out, fam, **kw: calls.append((out, fam, kw)) or str(out))
     p = argparse.ArgumentParser()
     tiny_model.add_arguments(p)
-    args = p.parse_args(["--out", str(tmp_path / "m"), "--tie-word-embeddings", "--seed", "3"])
-    assert tiny_model.run(args) == 0
-    assert calls == [(str(tmp_path / "m"), {"seed": 3, "tie_word_embeddings": True, "hidden_size": 64,
-                                             "num_layers": 2})]
-    assert capsys.readouterr().out.strip() == str(tmp_path / "m")
+    for extra, fam in (([], "qwen2_5_vl"), (["--family", "qwen3_vl"], "qwen3_vl")):
+        args = p.parse_args(["--out", str(tmp_path / "m"), "--tie-word-embeddings", "--seed", "3", *extra])
+        assert tiny_model.run(args) == 0
+        assert calls.pop() == (str(tmp_path / "m"), fam, {"seed": 3, "tie_word_embeddings": True, "hidden_size": 64,
+                                                          "num_layers": 2})
+        assert capsys.readouterr().out.strip() == str(tmp_path / "m")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--out", "m", "--family", "qwen4_vl"])
+
+
+#: family -> (tokenizer length = first GETok id, patch size, architecture, processor class)
+FAMILY_LAYOUT = {
+    "qwen2_5_vl": (151665, 14, "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+    "qwen3_vl": (151669, 16, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    "qwen2_vl": (151657, 14, "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+}
+
+
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_vl"])
+def test_tiny_model_of_each_family_has_its_real_tokenizer_and_layout(name, family_model, tiny_model):
+    """Qwen3-VL: Qwen2.5's 22 added tokens then <tool_response> </tool_response> <think> </think>
+    (151665..151668, not special), its published chat template (no default system prompt), patch 16;
+    Qwen2-VL: the 14 chat / vision markers only, patch 14."""
+    import hashlib
+
+    from transformers import AutoConfig, AutoProcessor
+
+    from getok_core.models import tiny_model as tm
+
+    fam = tm.family(name)
+    path = family_model(name, tied=OTHER_TIED[name])
+    n, patch, arch, proc_cls = FAMILY_LAYOUT[name]
+    proc = AutoProcessor.from_pretrained(path)
+    tok = proc.tokenizer
+    assert type(proc).__name__ == proc_cls and len(tok) == n == fam.first_getok_id
+    assert tok.encode("Hello world", add_special_tokens=False) == [9707, 1879]
+    for i, (content, special) in enumerate(fam.added_tokens):
+        assert tok.convert_tokens_to_ids(content) == 151643 + i
+        assert (content in tok.all_special_tokens) == special or content == "<|endoftext|>"
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    cfg = AutoConfig.from_pretrained(path)
+    assert cfg.architectures == [arch] and cfg.tie_word_embeddings == OTHER_TIED[name]
+    assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id) == (151655, 151656, 151652)
+    assert proc.image_processor.patch_size == proc.video_processor.patch_size == cfg.vision_config.patch_size == patch
+    assert proc.image_processor.merge_size == proc.video_processor.merge_size == cfg.vision_config.spatial_merge_size
+    assert cfg.vision_config.spatial_merge_size == 2 and fam.image_factor == 2 * patch
+    hi = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    if name == "qwen3_vl":
+        assert hashlib.sha256(tok.chat_template.encode()).hexdigest() == tm.QWEN3_VL_CHAT_TEMPLATE_SHA256
+        assert hi == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        assert tok.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
+        assert tok.decode([151667, 9707, 151668], skip_special_tokens=True) == "<think>Hello</think>"
+        assert cfg.text_config.rope_parameters["mrope_interleaved"] and cfg.vision_config.deepstack_visual_indexes
+    else:
+        assert hi.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+        assert "<think>" not in tok.get_vocab() and "<tool_call>" not in tok.get_vocab()
+    # the same BPE ranks as the Qwen2.5-VL tokenizer
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(tiny_model)
+    text = "Find the red car, 12,14 offset -1,0 <box> 猫"
+    assert tok.encode(text, add_special_tokens=False) == base.encode(text, add_special_tokens=False)
 
 
 # ---------------------------------------------------------------------- tokens and rows
@@ -237,6 +296,43 @@ def test_plain_resize_option(loaded, images, monkeypatch, helpers):
     assert helpers.make_template(processor).encode(row)["image_grid_thw"].tolist() == [[1, 22, 32]]
 
 
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_vl"])
+def test_family_template_renders_the_same_getok_tokens(name, family_model, plugin, images, monkeypatch, helpers):
+    """ms-swift's Qwen3-VL / Qwen2-VL templates normalize ``objects`` boxes to 0-1000
+    (``norm_bbox = 'norm1000'``); the GETok templates replace that step, so the tokens are those of
+    the box normalized by the original image size, as with Qwen2.5-VL (``norm_bbox = 'none'``).
+    The plain resize rounds to the family's patch x merge (32 px for Qwen3-VL, 28 for Qwen2-VL)."""
+    from swift.model import get_model_processor
+    from swift.template import TEMPLATE_MAPPING
+
+    assert TEMPLATE_MAPPING[name].template_cls.norm_bbox == "norm1000"
+    assert TEMPLATE_MAPPING["qwen2_5_vl"].template_cls.norm_bbox == "none"
+    _, processor = get_model_processor(family_model(name, tied=OTHER_TIED[name]), model_type=f"getok_{name}",
+                                       load_model=False)
+    tok = processor.tokenizer
+    assert tok.convert_tokens_to_ids("<grid0,0>") == FAMILY_LAYOUT[name][0]
+    row = {"messages": [{"role": "user", "content": "<image>Find <ref-object>."},
+                        {"role": "assistant", "content": "<answer><bbox></answer>"}],
+           "images": [images["640x480"]], "objects": {"ref": ["the red car"], "bbox": [[120, 80, 400, 360]]}}
+    answer = "<answer><box><grid6,5><grid19,23></box></answer><|im_end|>\n"
+    template = helpers.make_template(processor, template_type=f"getok_{name}")
+    enc = template.encode(json.loads(json.dumps(row)))
+    assert tok.decode([i for i in enc["labels"] if i != -100]) == answer
+    text = tok.decode(enc["input_ids"])
+    assert "Find the red car.<|im_end|>" in text and text.startswith(
+        "<|im_start|>user\n" if name == "qwen3_vl" else "<|im_start|>system\nYou are a helpful assistant.")
+    # ms-swift's own template on the same row: per-mille numbers (what GETok replaces)
+    plain = helpers.make_template(processor, template_type=name).encode(json.loads(json.dumps(row)))
+    assert "(188,167),(625,750)" in tok.decode(plain["input_ids"])
+    factor = 32 if name == "qwen3_vl" else 28
+    monkeypatch.setenv("GETOK_IMAGE_SIZE", "450,300")
+    resized = helpers.make_template(processor, template_type=f"getok_{name}").encode(json.loads(json.dumps(row)))
+    w, h = round(450 / factor) * factor, round(300 / factor) * factor
+    patch = factor // 2
+    assert resized["image_grid_thw"].tolist() == [[1, h // patch, w // patch]]
+    assert tok.decode([i for i in resized["labels"] if i != -100]) == answer
+
+
 # ---------------------------------------------------------------------- datasets
 def test_sample_dataset_by_name_and_prepared_jsonl_with_the_preprocessor(prepared, work, monkeypatch, images, helpers):
     from swift.dataset import load_dataset
@@ -357,28 +453,40 @@ def test_adapter_refuses_another_vocabulary(tmp_path):
 
 
 # ---------------------------------------------------------------------- the real CLI
-def test_swift_sft_trains_lora_and_only_the_getok_rows(cli):
+def vocab_rows(first_id: int) -> int:
+    """The embedding rows after the GETok tokens: the next multiple of 128."""
+    return -(-(first_id + 1047) // 128) * 128
+
+
+def check_sft(cli, first_id: int, tied: bool) -> None:
     from safetensors import safe_open
 
     ckpt = cli["ckpt"]
     log = (cli["dir"] / "sft.log").read_text()
-    assert "GETok: 1047 tokens (grid 32) at ids 151665..152711, 1047 newly added" in log
+    assert f"GETok: 1047 tokens (grid 32) at ids {first_id}..{first_id + 1046}, 1047 newly added" in log
     assert "getok_lora: LoRA r=8" in log
     info = json.loads((ckpt / "getok_tuner.json").read_text())
-    assert (info["grid_size"], info["first_id"], info["n_tokens"], info["vocab_rows"]) == (32, FIRST_GETOK_ID, 1047,
-                                                                                           152832)
+    assert (info["grid_size"], info["first_id"], info["n_tokens"], info["vocab_rows"]) == (
+        32, first_id, 1047, vocab_rows(first_id))
     with safe_open(str(ckpt / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
         deltas = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "trainable_tokens_delta" in k}
     assert all("lora_A" in k or "lora_B" in k or "trainable_tokens_delta" in k for k in keys), keys
     assert any("lora_A" in k for k in keys) and all("visual" not in k for k in keys)
-    assert sorted(deltas.values()) == [(1047, 64), (1047, 64)]  # embed_tokens and lm_head rows, never full copies
-    assert {k.split(".token_adapter")[0].rsplit(".", 1)[-1] for k in deltas} == {"embed_tokens", "lm_head"}
+    # embed_tokens and lm_head rows (one set when tied), never full copies
+    assert sorted(deltas.values()) == [(1047, 64)] * (1 if tied else 2), deltas
+    assert {k.split(".token_adapter")[0].rsplit(".", 1)[-1] for k in deltas} == (
+        {"embed_tokens"} if tied else {"embed_tokens", "lm_head"})
     args = json.loads((ckpt / "args.json").read_text())
     assert args["tuner_type"] == "getok_lora" and os.path.isabs(args["custom_register_path"][0])
+    assert args["model_type"] == cli["model_type"]
     losses = [json.loads(line)["loss"] for line in (ckpt.parent / "logging.jsonl").read_text().splitlines()
               if '"loss"' in line and "train_loss" not in line]
     assert losses[-1] < losses[0]
+
+
+def test_swift_sft_trains_lora_and_only_the_getok_rows(cli):
+    check_sft(cli, FIRST_GETOK_ID, tied=False)
 
 
 def test_swift_infer_with_the_adapter_reloads_the_plugin_and_parses(cli, helpers):
@@ -394,37 +502,44 @@ def test_swift_infer_with_the_adapter_reloads_the_plugin_and_parses(cli, helpers
     assert parsed.valid and parsed.cells[0].box == ((8, 7), (25, 26))
 
 
-def test_swift_export_merge_gives_the_same_greedy_output(cli):
+def check_export(cli, first_id: int) -> None:
     assert [r["response"] for r in cli["merged_out"]] == [r["response"] for r in cli["adapter"]]
     # the merged tokenizer already holds the tokens: nothing added, no row re-initialized
-    assert cli["merged_info"]["newly_added"] == 0 and cli["merged_info"]["vocab_rows"] == 152832
-    # the exported folder is a plain Qwen2.5-VL checkpoint whose tokenizer holds the (non-special) tokens
+    assert cli["merged_info"]["newly_added"] == 0 and cli["merged_info"]["vocab_rows"] == vocab_rows(first_id)
+    # the exported folder is a plain checkpoint of its family whose tokenizer holds the (non-special) tokens
     from transformers import AutoConfig, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(cli["merged"])
     ids = tok.convert_tokens_to_ids(VOCAB.tokens)
-    assert ids == list(range(FIRST_GETOK_ID, FIRST_GETOK_ID + 1047)) and not set(ids) & set(tok.all_special_ids)
+    assert ids == list(range(first_id, first_id + 1047)) and not set(ids) & set(tok.all_special_ids)
     assert tok.decode(ids[:5], skip_special_tokens=True) == "".join(VOCAB.tokens[:5])
-    assert AutoConfig.from_pretrained(cli["merged"]).text_config.vocab_size == 152832
+    assert AutoConfig.from_pretrained(cli["merged"]).text_config.vocab_size == vocab_rows(first_id)
 
 
-def test_merged_model_changed_only_lora_targets_and_getok_rows(cli, loaded, tiny_model):
+def test_swift_export_merge_gives_the_same_greedy_output(cli):
+    check_export(cli, FIRST_GETOK_ID)
+
+
+def check_merged_rows(cli, base, tied: bool) -> None:
     """Every embedding / lm_head row but the GETok rows is bit-identical to the base (after the
     plugin's deterministic init), the GETok rows hold the trained values, the vision tower and norms
     are untouched, and the LoRA-targeted linear layers changed."""
     from safetensors import safe_open
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
-    base, _ = loaded
-    merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(cli["merged"], dtype=torch.float32)
+    merged = AutoModelForImageTextToText.from_pretrained(cli["merged"], dtype=torch.float32)
+    assert type(merged).__name__ == type(base).__name__
     ids = torch.tensor(base.getok_info["ids"])
     with safe_open(str(cli["ckpt"] / "adapter_model.safetensors"), "pt") as f:
         deltas = {("lm_head" if "lm_head" in k else "embed"): f.get_tensor(k) for k in f.keys()
                   if "trainable_tokens_delta" in k}
+    if tied:
+        deltas["lm_head"] = deltas["embed"]
+        assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
     for side, get in (("embed", lambda m: m.get_input_embeddings().weight),
                       ("lm_head", lambda m: m.get_output_embeddings().weight)):
         b, m = get(base).detach(), get(merged).detach()
-        assert b.shape == m.shape == (152832, 64)
+        assert b.shape == m.shape == (base.getok_info["vocab_rows"], 64)
         rest = torch.ones(b.shape[0], dtype=torch.bool)
         rest[ids] = False
         assert torch.equal(m[rest], b[rest]), side
@@ -440,6 +555,32 @@ def test_merged_model_changed_only_lora_targets_and_getok_rows(cli, loaded, tiny
     assert changed and all("language_model" in n and n.split(".")[-2] in lora_targets for n in changed), changed
     assert all("visual" in n or "norm" in n or n.endswith(".bias") for n in same), same
     assert any("visual" in n for n in same)
+
+
+def test_merged_model_changed_only_lora_targets_and_getok_rows(cli, loaded):
+    check_merged_rows(cli, loaded[0], tied=False)
+
+
+# ---------------------------------------------------------------------- the other families, real CLI
+def test_family_swift_sft_infer_export(family_cli, helpers):
+    """Qwen3-VL (tied) and Qwen2-VL (untied) through the same chain as Qwen2.5-VL: swift sft with
+    getok_lora (only LoRA and GETok rows trained), swift infer --adapters (the memorized answer,
+    GETok tokens decoded), swift export --merge_lora (the same greedy output, only LoRA targets and
+    GETok rows changed)."""
+    from swift.model import get_model_processor
+
+    fam, tied = family_cli["family"], family_cli["tied"]
+    check_sft(family_cli, fam.first_getok_id, tied)
+    log = (family_cli["dir"] / "infer_adapter.log").read_text()
+    assert "getok_lora" in log and "GETok: 1047 tokens" in log
+    response = family_cli["adapter"][0]["response"]
+    assert response == helpers.MEM_ANSWER, response  # the memorized standard grounding row
+    assert parse_answer(response, VOCAB).cells[0].box == ((8, 7), (25, 26))
+    check_export(family_cli, fam.first_getok_id)
+    base, _ = get_model_processor(family_cli["model"], model_type=fam.model_type, torch_dtype=torch.float32,
+                                  device_map="cpu")
+    assert base.getok_info["tied"] == tied
+    check_merged_rows(family_cli, base, tied)
 
 
 # ---------------------------------------------------------------------- the cluster recipe

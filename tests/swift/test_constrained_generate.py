@@ -1,0 +1,196 @@
+"""Constrained decoding with transformers ``generate`` (docs/grammar.md): the random tiny Qwen2.5-VL
+with the GETok tokens, ``logits_processor=[GetokLogitsProcessor(...)]``, on the sample's val prompts
+(task of each from its ground truth). Every answer must be valid (``parse_answer``), hold the task's
+elements only, and spell every GETok element as one id; the refinement turn of each answer must have
+exactly one offset per turn-1 point. The same run without the processor is reported for comparison.
+The llguidance Lark grammar (``codec.grammar.to_lark`` with the real tokenizer's ids) accepts the
+same token ids, so the Lark text is checked on the real Qwen2.5 tokenizer too."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import llguidance as llg
+import llguidance.hf
+import pytest
+import torch
+
+from getok_core.codec.answer import parse_answer, parse_offsets
+from getok_core.codec.grammar import TASK_LINES, grid_spec, refine_spec, to_lark, to_regex
+from getok_core.codec.instance import anchors
+from getok_core.codec.text import TOKEN_RE
+from getok_core.codec.vocab import GetokVocab
+from getok_core.models.constrained import GetokLogitsProcessor
+from getok_core.rewards.answers import GridAnswer, cells_kinds, grid_format_ok
+from getok_core.rewards.dialogue import refine_message, start_refinement
+
+pytestmark = pytest.mark.swift
+VOCAB = GetokVocab()
+IM_END = 151645
+MAX_INSTANCES, MAX_POINTS = 2, 4
+#: Val prompts per task (the first ones of each task; CPU time: ~0.3 s per generated token here).
+PER_TASK = 3
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    """(model, processor): the tiny random model with the GETok tokens added (random rows)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from swift_plugin.getok_tokens import prepare_model_vocab
+
+    proc = AutoProcessor.from_pretrained(tiny_model)
+    m = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prepare_model_vocab(m, proc.tokenizer, VOCAB)
+    return m, proc
+
+
+@pytest.fixture(scope="module")
+def prompts(prepared) -> list[dict]:
+    """The val prompts of the sample: user text, image, task."""
+    from PIL import Image
+
+    out, per_task = [], {}
+    for row in read_jsonl(prepared / "swift" / "val_grpo.jsonl"):
+        task = json.loads(row["solution"])["task"]
+        per_task[task] = per_task.get(task, 0) + 1
+        if per_task[task] > PER_TASK:
+            continue
+        user = next(m for m in row["messages"] if m["role"] == "user")["content"]
+        out.append({"text": user.replace("<image>", ""), "image": Image.open(row["images"][0]).convert("RGB"),
+                    "task": task})
+    assert {p["task"] for p in out} >= {"seg", "point", "line"}, per_task
+    return out
+
+
+def chat(proc, turns: list[tuple[str, str]], image):
+    """Model inputs of a conversation [(role, text)] whose first user turn carries the image."""
+    msgs = []
+    for i, (role, text) in enumerate(turns):
+        content = ([{"type": "image"}] if i == 0 else []) + [{"type": "text", "text": text}]
+        msgs.append({"role": role, "content": content})
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return proc(images=[image], text=[text], return_tensors="pt", add_special_tokens=False)
+
+
+def generate(model, proc, inputs, spec=None, max_new_tokens=None, seed=0) -> list[int]:
+    """The generated ids (EOS dropped), sampled (temperature 1, seeded), with the GETok processor
+    when ``spec`` is given."""
+    kw = {}
+    if spec is not None:
+        lp = GetokLogitsProcessor(spec, proc.tokenizer, eos_token_id=IM_END)
+        kw["logits_processor"] = [lp]
+        max_new_tokens = max_new_tokens or lp.max_length()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
+                             top_k=0, top_p=1.0, **kw)
+    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    return ids[:-1] if ids and ids[-1] in (IM_END, 151643) else ids
+
+
+def single_ids(proc, ids) -> bool:
+    """Every GETok token of the decoded text is one generated id (none spelled from BPE pieces)."""
+    getok = set(proc.tokenizer.convert_tokens_to_ids(VOCAB.tokens))
+    text = proc.tokenizer.decode(ids, skip_special_tokens=True)
+    return sum(i in getok for i in ids) == len(TOKEN_RE.findall(text))
+
+
+@pytest.fixture(scope="module")
+def runs(model, prompts):
+    """Every val prompt answered with and without the processor, then its refinement turn."""
+    torch.set_num_threads(2)
+    m, proc = model
+    out = []
+    for p in prompts:
+        # no <none>: a random model takes it nearly always, and it proves little about the elements
+        spec = grid_spec(VOCAB, p["task"], MAX_INSTANCES, MAX_POINTS, allow_none=False)
+        inputs = chat(proc, [("user", p["text"])], p["image"])
+        ids = generate(m, proc, inputs, spec)
+        free = generate(m, proc, inputs, None, max_new_tokens=len(ids) + 1)
+        rec = {"task": p["task"], "spec": spec, "ids": ids, "text": proc.tokenizer.decode(ids, skip_special_tokens=True),
+               "free_text": proc.tokenizer.decode(free, skip_special_tokens=True)}
+        state = start_refinement(rec["text"], VOCAB)
+        if state.refinable:
+            rspec = refine_spec(VOCAB, state.instances)
+            r_in = chat(proc, [("user", p["text"]), ("assistant", rec["text"]), ("user", refine_message(state))],
+                        p["image"])
+            rec["refine_spec"], rec["refine_ids"] = rspec, generate(m, proc, r_in, rspec)
+            rec["refine_text"] = proc.tokenizer.decode(rec["refine_ids"], skip_special_tokens=True)
+            rec["proposal"] = list(state.instances)
+        out.append(rec)
+    valid = sum(parse_answer(r["text"], VOCAB).valid for r in out)
+    free_valid = sum(parse_answer(r["free_text"], VOCAB).valid for r in out)
+    print(f"\nconstrained generate on {len(out)} val prompts: {valid}/{len(out)} valid with the GETok processor, "
+          f"{free_valid}/{len(out)} without it (same model and seed, same token budget)")
+    print("e.g. with   :", out[0]["text"][:160])
+    print("e.g. without:", out[0]["free_text"][:160])
+    return out
+
+
+def test_every_constrained_answer_is_valid(runs):
+    for r in runs:
+        parsed = parse_answer(r["text"], VOCAB)
+        assert parsed.valid, (r["text"], parsed.errors)
+        assert not parsed.stray_text
+        assert len(parsed.instances) <= MAX_INSTANCES
+        assert all(cells_kinds(c) == TASK_LINES[r["task"]] for c in parsed.cells), r["text"]
+        assert re.fullmatch(to_regex(r["spec"]), r["text"]), r["text"]
+
+
+def test_every_getok_element_is_one_id(runs, model):
+    _, proc = model
+    assert all(single_ids(proc, r["ids"]) for r in runs)
+    assert all(single_ids(proc, r["refine_ids"]) for r in runs if "refine_ids" in r)
+
+
+def test_refinement_has_one_offset_per_turn1_point(runs, model):
+    refined = [r for r in runs if "refine_ids" in r]
+    assert refined, "no turn-1 answer with instances to refine"
+    for r in refined:
+        parsed = parse_offsets(r["refine_text"], r["proposal"], VOCAB)
+        assert parsed.valid, (r["refine_text"], parsed.errors)
+        assert [len(o) for o in parsed.offsets] == [len(anchors(i)) for i in r["proposal"]]
+        assert re.fullmatch(to_regex(r["refine_spec"]), r["refine_text"])
+
+
+def test_lark_grammar_accepts_the_same_ids_on_the_real_tokenizer(runs, model):
+    """llguidance, on the real Qwen2.5 tokenizer with the GETok tokens, accepts the processor's
+    token ids under ``to_lark(spec, tokenizer.get_vocab())`` (GETok elements as single ids)."""
+    _, proc = model
+    ll = llguidance.hf.from_tokenizer(proc.tokenizer)
+    vocab_ids = proc.tokenizer.get_vocab()
+    cases = [(r["spec"], r["ids"]) for r in runs[:20]] + [(r["refine_spec"], r["refine_ids"]) for r in runs[:20]
+                                                           if "refine_ids" in r]
+    for spec, ids in cases:
+        m = llg.LLMatcher(ll, to_lark(spec, vocab_ids), log_level=0)
+        assert not m.is_error(), m.get_error()
+        assert m.consume_tokens(ids) and m.is_accepting(), (proc.tokenizer.decode(ids), m.get_error())
+
+
+
+def test_think_then_answer_passes_the_format_reward(model, prompts):
+    """With ``think=True`` the answer is ``<think>..</think><answer>..</answer>``: the grid
+    ``format`` reward rule holds (``rewards.answers.grid_format_ok``). One processor serves two
+    ``generate`` calls."""
+    m, proc = model
+    seg = [p for p in prompts if p["task"] == "seg"][:2]
+    spec = grid_spec(VOCAB, "seg", MAX_INSTANCES, MAX_POINTS, think=True, allow_none=False)
+    lp = GetokLogitsProcessor(spec, proc.tokenizer, eos_token_id=IM_END, max_think_tokens=12)
+    for seed, p in enumerate(seg):
+        inputs = chat(proc, [("user", p["text"])], p["image"])
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = m.generate(**inputs, max_new_tokens=lp.max_length(), do_sample=True, top_k=0,
+                             logits_processor=[lp])
+        ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+        assert ids[-1] == IM_END
+        text = proc.tokenizer.decode(ids[:-1], skip_special_tokens=True)
+        assert grid_format_ok(text, GridAnswer.of(parse_answer(text, VOCAB)), "seg"), text
+        assert re.fullmatch(to_regex(spec), text), text
