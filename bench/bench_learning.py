@@ -296,7 +296,8 @@ def curve(name: str, ckpts, d: dict, work: Path, args, env: dict, model: str) ->
     val = d["val"] if name == "grid" else d["text_val"]
     for step, ck in [(0, Path(model)), *ckpts]:
         result = work / f"infer_{step}.jsonl"
-        responses = infer(ck, val, result, env)
+        done = result.exists() and len(read_jsonl(result)) == len(d["val_gt"])  # a rerun reuses answers
+        responses = [r["response"] for r in read_jsonl(result)] if done else infer(ck, val, result, env)
         s = (score_grid_answers(result, d["prep"], args.grid_size, env) if name == "grid"
              else score_text_answers(responses, d["val_gt"]))
         out.append({"step": step, **s})

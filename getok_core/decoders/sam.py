@@ -44,9 +44,16 @@ So ``SamDecoder`` encodes each image once, keeps its embedding in a bounded LRU 
   request is ignored (logged) and everything stays float32.
 - ``counters``: ``encoder_calls`` (image-encoder passes), ``cache_hits``, ``prompts_decoded``.
 
-``Sam2Decoder``: the same over SAM 2's ``SAM2ImagePredictor`` (optional ``sam2`` package: an
-ImportError naming it otherwise); it caches the predictor's ``_features``, ``_orig_hw`` and
-``_is_image_set`` and prompts through the predictor's public batched ``predict``.
+``Sam2Decoder``: the same over SAM 2's ``SAM2ImagePredictor`` (``sam2`` 1.1.0, in the swift and
+verl environments; an ImportError naming it otherwise). A miss runs ``set_image``; the cache
+keeps the predictor's ``_features`` (the image embedding and the two high-resolution feature maps
+SAM 2's mask decoder uses: for the released models 256 x 64 x 64 + 32 x 256 x 256 + 64 x 128 x 128
+float32 = 16 MiB, so the default 2 GiB holds 127 images) and ``_orig_hw``, and a hit puts them back
+(``_is_image_set = True``). Prompts go through the predictor's public batched ``predict`` (pixel
+coordinates, ``normalize_coords=True``: SAM 2 scales them to its 1024 px input and adds half a
+pixel), which upscales every output to the image's size before the multimask choice. The same
+prompt plan, multimask rule and modes as ``SamDecoder``; batched decoding equals prompting one by
+one with ``predict`` (tests/swift/test_sam2.py, on the tiny SAM 2 of ``tiny_sam``).
 
 Nothing here imports torch, segment-anything or sam2 until a decoder is built.
 """

@@ -35,8 +35,9 @@ attention block, the last), neck / prompt / mask-decoder dim 32 (the mask decode
 features 4 x 256 x 256 and 8 x 128 x 128; low-resolution masks 256 x 256. About 0.65M
 parameters. Weights as for SAM: default init under the seed, the zero-initialized Hiera position
 embeddings and the mask tokens redrawn, the IoU head balanced on a probe (in logit space: SAM 2's
-IoU head ends in a sigmoid). On a CPU one image encoding takes ~0.3 s on an idle core (the
-1024-px input), a decoded prompt ~20 ms.
+IoU head ends in a sigmoid). On a CPU (one torch thread, a shared 2-core machine) one image
+encoding takes ~0.37 s (the 1024-px input) and a prompt ~67 ms decoded in batches on a 640 x 480
+image (``bench/bench_decode.py --encoder sam2``): keep the tests' prompt counts small.
 
 ``save_tiny_sam2(path, seed)`` writes a checkpoint ``build_sam2`` itself loads
 (``{"model": state_dict}``) plus ``{"getok_tiny_sam2": {"config", "overrides", "seed"}}``;

@@ -6,6 +6,8 @@ One model source: ``--model DIR`` (transformers), ``--server URL`` (an OpenAI-co
 more) with ``--query``, or ``--input X.jsonl`` of ``{"image", "query"[, "task"][, "prompt"]}``.
 Per query ``OUT/NNNN-IMAGE-QUERY.*`` (``outputs``: answer text, JSON, mask PNGs, overlay PNG) and
 one line of ``OUT/predictions.jsonl``; a summary line at the end (docs/predict.md).
+``--constrained`` decodes every turn under the GETok grammar (``predictor.Constraint``;
+docs/grammar.md): a logits processor with ``--model``, the text regex in the request with ``--server``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from ..codec.vocab import GetokVocab
 from ..data.store import atomic_path
-from .predictor import TASKS, Predictor
+from .predictor import TASKS, Constraint, Predictor
 from .replay import Query, read_queries, read_replay
 
 
@@ -48,6 +50,15 @@ def add_arguments(parser) -> None:
     a("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     a("--seed", type=int, default=0)
     a("--dtype", default="auto", help="torch dtype of --model (auto, float32, bfloat16...)")
+    a("--constrained", action="store_true",
+      help="grammar-constrained decoding (docs/grammar.md): every answer valid by construction; --model: the "
+           "GETok logits processor, --server: the text regex in the request (vllm serve, swift deploy "
+           "--infer_backend vllm)")
+    a("--max-instances", type=int, default=8, help="--constrained: most answer lines (default 8)")
+    a("--max-points", type=int, default=32, help="--constrained: most grid tokens of a seg / line element "
+                                                 "(default 32)")
+    a("--think", action="store_true", help="--constrained: the answer starts with a <think>...</think> block")
+    a("--no-none", action="store_true", help="--constrained: forbid the <none> answer")
     a("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -107,13 +118,20 @@ def run(args) -> int:
     from . import load_backend
 
     fp = _format_prompt(args.format_prompt)
+    if args.constrained and args.replay:
+        raise ValueError("--constrained constrains decoding: --replay decodes nothing (drop one of them)")
+    constraint = Constraint(args.max_instances, args.max_points, args.think, not args.no_none) \
+        if args.constrained else None
     queries, backend = queries_of(args, fp)
+    vocab = GetokVocab(args.grid_size)
+    for task in sorted({q.task for q in queries}) if constraint else ():
+        constraint.turn1(vocab, task)  # a bad --max-instances / --max-points: one error before any model load
     if backend is None:
         backend = load_backend(args.model, args.server, args.served_model, device=args.device, dtype=args.dtype)
     cfg = SamplingConfig(num_samples=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                          seed=args.seed)
-    predictor = Predictor(backend, _decoder(args), GetokVocab(args.grid_size), args.rounds or 0, cfg, fp,
-                          args.template)
+    predictor = Predictor(backend, _decoder(args), vocab, args.rounds or 0, cfg, fp,
+                          args.template, constraint=constraint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     counts = {"queries": len(queries), "valid": 0, "invalid": 0, "no_target": 0, "instances": 0, "rounds": 0,
@@ -135,8 +153,9 @@ def run(args) -> int:
                 counts["no_target"] += pred.no_target
                 counts["instances"] += len(pred.instances)
                 counts["rounds"] += pred.rounds_done
-                rec.update(valid=pred.valid, no_target=pred.no_target, instances=len(pred.instances),
-                           rounds_done=pred.rounds_done, stop_reason=pred.stop_reason, turns=pred.turns,
+                rec.update(valid=pred.valid, constrained=pred.constrained, no_target=pred.no_target,
+                           instances=len(pred.instances), rounds_done=pred.rounds_done,
+                           stop_reason=pred.stop_reason, turns=pred.turns,
                            files={kind: p.name for kind, p in files.items()})
             records.append(rec)
             bar.update(1)
@@ -144,7 +163,8 @@ def run(args) -> int:
     with atomic_path(index) as tmp:
         Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     c = counts
-    print(f"predict: {c['queries']} queries -> {out}: valid {c['valid']}, invalid {c['invalid']} "
+    how = " (grammar-constrained)" if constraint else ""
+    print(f"predict: {c['queries']} queries{how} -> {out}: valid {c['valid']}, invalid {c['invalid']} "
           f"(no target {c['no_target']}), {c['instances']} instances, {c['rounds']} refinement rounds, "
           f"failed {c['failed']}; index {index}")
     return 1 if c["failed"] else 0

@@ -11,6 +11,9 @@ The dialogue is the training one (``rewards.dialogue``): turn 1 answers the ques
 ``data.writers.question`` (the ``getok prepare`` wording), each refinement round asks
 ``refine_message(state)`` and the offset answer moves the geometry (``dialogue.advance``), until
 ``dialogue_over``. Model output never raises: an invalid answer gives no instances and ``errors``.
+With a ``Constraint`` every turn is decoded under the GETok grammar (``codec.grammar``): turn 1
+under ``grid_spec`` of the task, each refinement round under ``refine_spec`` of the instances it
+refines; the backend gets the spec per item (``generate(items, cfg, constraints=[spec])``).
 
 Coordinates are normalized (u, v) in [0, 1] of the image as given (EXIF orientation applied);
 masks are bool (H, W) in that frame.
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec.answer import parse_answer, parse_offsets
+from ..codec.grammar import AnswerSpec, grid_spec, refine_spec
 from ..codec.instance import Instance, InstanceCells, anchors
 from ..codec.vocab import GetokVocab
 from ..data.images import load_image, to_rgb
@@ -74,6 +78,24 @@ def offset_moves(instances, offsets_text, vocab: GetokVocab, round: int):
     return moves, deleted
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """Grammar-constrained decoding (docs/grammar.md): turn 1 follows ``grid_spec(vocab, task,
+    max_instances, max_points, think, allow_none)``, a refinement round ``refine_spec`` of the
+    instances it refines (one ``<OFF..>`` / ``<DELETE>`` per anchor). Defaults: ``getok grammar``'s."""
+
+    max_instances: int = 8
+    max_points: int = 32
+    think: bool = False
+    allow_none: bool = True
+
+    def turn1(self, vocab: GetokVocab, task: str) -> AnswerSpec:
+        return grid_spec(vocab, task, self.max_instances, self.max_points, self.think, self.allow_none)
+
+    def refine(self, vocab: GetokVocab, instances) -> AnswerSpec:
+        return refine_spec(vocab, list(instances), self.think)
+
+
 @dataclass
 class Prediction:
     """What a model answered about one image and query, decoded (see ``getok_core.inference``).
@@ -99,6 +121,7 @@ class Prediction:
     deleted: list = field(default_factory=list)
     overlay: np.ndarray | None = None
     image: str | None = None
+    constrained: bool = False
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -134,10 +157,13 @@ class Predictor:
 
     ``sampling``: a ``rollout.SamplingConfig`` (default greedy, one answer, 1024 new tokens);
     ``format_prompt``: an EasyR1 format template text (None: the ms-swift training prompt);
-    ``template``: the question template index (``data.writers.PROMPT_TEMPLATES``)."""
+    ``template``: the question template index (``data.writers.PROMPT_TEMPLATES``);
+    ``constraint``: a ``Constraint`` (grammar-constrained turns; the backend must take
+    ``constraints=``: ``rollout.TransformersBackend`` / ``OpenAIBackend``) or None."""
 
     def __init__(self, backend, decoder=None, vocab: GetokVocab | None = None, rounds: int = 0, sampling=None,
-                 format_prompt: str | None = None, template: int | str = 0, overlay_min_side: int = 384):
+                 format_prompt: str | None = None, template: int | str = 0, overlay_min_side: int = 384,
+                 constraint: Constraint | None = None):
         if not isinstance(rounds, int) or rounds < 0:
             raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
         self.backend, self.decoder = backend, decoder
@@ -146,11 +172,14 @@ class Predictor:
         self.sampling = sampling or SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=1024)
         self.format_prompt, self.template = format_prompt, template
         self.overlay_min_side = overlay_min_side
+        self.constraint = constraint
         self.calls = 0
 
-    def _ask(self, prompt: str, image) -> str:
+    def _ask(self, prompt: str, image, spec: AnswerSpec | None = None) -> str:
         self.calls += 1
-        texts = self.backend.generate([(prompt, [image], self.calls)], self.sampling)[0]
+        items = [(prompt, [image], self.calls)]
+        kw = {"constraints": [spec]} if spec is not None else {}
+        texts = self.backend.generate(items, self.sampling, **kw)[0]
         return clean_answer(texts[0] if texts else "")
 
     def predict(self, image, query: str, task: str = "seg", rounds: int | None = None,
@@ -166,7 +195,8 @@ class Predictor:
         pil = Image.fromarray(rgb)
         vocab = self.vocab
         text = user_prompt(task, query, self.template, self.format_prompt, prompt)
-        turns = [self._ask(text, pil)]
+        c = self.constraint
+        turns = [self._ask(text, pil, c.turn1(vocab, task) if c else None)]
         parsed = parse_answer(turns[0], vocab)
         state = start_refinement(turns[0], vocab)
         users, history, moves, deleted = [text], [list(parsed.instances)], [], []
@@ -174,7 +204,7 @@ class Predictor:
         while not dialogue_over(state, len(turns), 1 + rounds):
             instruction = refine_message(state)
             context = stage2_prompt(context, turns[-1], instruction)
-            answer = self._ask(context, pil)
+            answer = self._ask(context, pil, c.refine(vocab, state.instances) if c else None)
             m, d = offset_moves(state.instances, answer, vocab, state.round)
             moves, deleted = moves + m, deleted + d
             state = advance(state, answer, vocab)
@@ -185,7 +215,7 @@ class Predictor:
                           turns=turns, user_turns=users, instances=history[-1], history=history,
                           cells=list(parsed.cells), valid=parsed.valid, errors=list(parsed.errors),
                           no_target=parsed.no_target, stop_reason=state.stop_reason, moves=moves,
-                          deleted=deleted, image=path)
+                          deleted=deleted, image=path, constrained=c is not None)
         pred.masks = self._masks(pred, rgb, path)
         pred.overlay = self.render(pred, rgb)
         return pred
@@ -220,4 +250,4 @@ class Predictor:
         return np.asarray(img.convert("RGB"), np.uint8)
 
 
-__all__ = ["TASKS", "user_prompt", "offset_moves", "Prediction", "Predictor"]
+__all__ = ["TASKS", "user_prompt", "offset_moves", "Constraint", "Prediction", "Predictor"]

@@ -1,10 +1,10 @@
 """``getok demo --web``: a Gradio page on the prediction API (``getok_core.inference``).
 
 Pick an image (upload one, or load one of the bundled sample queries), type an expression, choose
-the task, the refinement rounds and the mask decoder (region: no weights; sam / sam2: a
-checkpoint path), press Predict: the page shows the answer tokens, the overlay
-(``Predictor.render``: grid, token cells, box, mask, refinement arrows) and the dialogue of the
-refinement rounds. One ``Predictor`` path: ``DemoSession.answer`` calls ``Predictor.predict``
+the task, the refinement rounds, the mask decoder (region: no weights; sam / sam2: a
+checkpoint path) and, optionally, grammar-constrained decoding, press Predict: the page shows the
+answer tokens, the overlay (``Predictor.render``: grid, token cells, box, mask, refinement arrows)
+and the dialogue of the refinement rounds. One ``Predictor`` path: ``DemoSession.answer`` calls ``Predictor.predict``
 with the backend of ``load_backend(model=DIR)`` or ``load_backend(server=URL)``.
 
 Gradio is imported inside ``build_app`` / ``run`` only (getok_core imports without it). The app
@@ -24,6 +24,7 @@ import numpy as np
 from ..codec.vocab import GetokVocab
 from ..data.images import load_image
 from . import TASKS, Predictor, load_backend, sample_queries
+from .predictor import Constraint
 from .outputs import dialogue_text
 
 #: Mask decoders the page offers (``getok_core.decoders`` names; "none": geometry only).
@@ -32,7 +33,8 @@ MAX_ROUNDS = 3
 #: Element ids the browser test (tests/swift/test_web_demo.py) and custom CSS address.
 IDS = {"image": "getok-image", "sample": "getok-sample", "load": "getok-load", "query": "getok-query",
        "task": "getok-task", "rounds": "getok-rounds", "decoder": "getok-decoder",
-       "checkpoint": "getok-checkpoint", "sam_model": "getok-sam-model", "submit": "getok-submit",
+       "checkpoint": "getok-checkpoint", "sam_model": "getok-sam-model", "constrained": "getok-constrained",
+       "submit": "getok-submit",
        "overlay": "getok-overlay", "answer": "getok-answer", "dialogue": "getok-dialogue",
        "status": "getok-status", "json": "getok-json"}
 
@@ -87,8 +89,9 @@ class DemoSession:
         return self._decoders[key]
 
     def answer(self, image, query: str, task: str, rounds: int, decoder: str = "region", checkpoint: str = "",
-               sam_model: str = "") -> dict:
-        """Predict ``query`` on ``image`` (an (H, W, 3) uint8 array): a dict with ``overlay``
+               sam_model: str = "", constrained: bool = False) -> dict:
+        """Predict ``query`` on ``image`` (an (H, W, 3) uint8 array; ``constrained``: under the
+        GETok grammar, ``predictor.Constraint()``): a dict with ``overlay``
         (RGB uint8), ``answer`` (the turn-1 answer text), ``dialogue`` (every turn, the
         refinement rounds' offsets included), ``status`` (Markdown) and ``json``
         (``Prediction.to_json()`` without mask RLEs). ValueError on a missing image / query."""
@@ -102,7 +105,7 @@ class DemoSession:
         if not 0 <= rounds <= MAX_ROUNDS:
             raise ValueError(f"rounds must be in 0..{MAX_ROUNDS}, got {rounds}")
         predictor = Predictor(self.backend, self.decoder(decoder, checkpoint, sam_model), self.vocab, rounds,
-                              self.sampling)
+                              self.sampling, constraint=Constraint() if constrained else None)
         pred = predictor.predict(np.asarray(image, np.uint8)[..., :3], query.strip(), task)
         record = pred.to_json()
         for k in ("masks", "mask"):
@@ -142,9 +145,10 @@ def build_app(session: DemoSession, title: str = "GETok demo"):
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
-    def on_predict(image, query, task, rounds, decoder, checkpoint, sam_model):
+    def on_predict(image, query, task, rounds, decoder, checkpoint, sam_model, constrained):
         try:
-            r = session.answer(image, query, task, rounds, decoder, checkpoint or "", sam_model or "")
+            r = session.answer(image, query, task, rounds, decoder, checkpoint or "", sam_model or "",
+                               bool(constrained))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         return r["overlay"], r["answer"], r["dialogue"], r["status"], r["json"]
@@ -170,6 +174,8 @@ def build_app(session: DemoSession, title: str = "GETok demo"):
                                         elem_id=IDS["checkpoint"])
                 sam_model = gr.Textbox(label="SAM model type or SAM 2 config (default vit_h)",
                                        elem_id=IDS["sam_model"])
+                constrained = gr.Checkbox(False, label="Constrained decoding (GETok grammar: valid answers)",
+                                          elem_id=IDS["constrained"])
                 submit = gr.Button("Predict", variant="primary", elem_id=IDS["submit"])
             with gr.Column():
                 overlay = gr.Image(type="numpy", format="png", label="Overlay", interactive=False,
@@ -182,7 +188,7 @@ def build_app(session: DemoSession, title: str = "GETok demo"):
                 with gr.Accordion("Geometry (JSON: normalized and pixels)", open=False):
                     record = gr.JSON(elem_id=IDS["json"])
         load.click(on_load, [sample], [image, query, task])
-        inputs = [image, query, task, rounds, decoder, checkpoint, sam_model]
+        inputs = [image, query, task, rounds, decoder, checkpoint, sam_model, constrained]
         outputs = [overlay, answer, dialogue, status, record]
         submit.click(on_predict, inputs, outputs)
         query.submit(on_predict, inputs, outputs)

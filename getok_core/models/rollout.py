@@ -21,7 +21,9 @@ Resumable: the answers of each input row are appended to ``OUT.rollouts.jsonl`` 
 exist; a rerun of the same command generates only the missing rows, then writes ``OUT`` and
 ``OUT.summary.json`` atomically from that file. Backends: ``transformers`` (any device; the tests
 use CPU), ``openai`` (any OpenAI-compatible server, e.g. ``swift deploy``; images as data URLs) and
-``vllm`` (offline ``vllm.LLM``; not exercised by the tests). torch, transformers, vllm, openai and
+``vllm`` (offline ``vllm.LLM``; not exercised by the tests). The transformers and openai backends
+also take per-item grammar constraints (``codec.grammar.AnswerSpec``; ``getok predict
+--constrained``), which ``rollout-proposals`` does not use. torch, transformers, vllm, openai and
 jinja2 are imported inside the functions that need them.
 """
 
@@ -181,13 +183,17 @@ class TransformersBackend:
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype).to(device).eval()
         self.device = device
+        self._tables: dict = {}  # (grid size, think) -> constrained.TokenTable
         _warn_template(self.processor)
 
-    def generate(self, items: list[tuple[str, list, int]], cfg: SamplingConfig) -> list[list[str]]:
-        """``items``: (formatted prompt, PIL images, row index); K answer texts per item."""
+    def generate(self, items: list[tuple[str, list, int]], cfg: SamplingConfig, constraints=None) -> list[list[str]]:
+        """``items``: (formatted prompt, PIL images, row index); K answer texts per item.
+        ``constraints``: None, or per item an ``AnswerSpec`` (``codec.grammar``) or None: that item
+        is decoded under ``models.constrained.GetokLogitsProcessor`` with a token budget of at
+        least the grammar's longest answer (``max_length()``), so it is never cut."""
         torch = self.torch
         out = []
-        for prompt, images, row in items:
+        for k, (prompt, images, row) in enumerate(items):
             text = self.processor.apply_chat_template(easyr1_messages(prompt), add_generation_prompt=True,
                                                       tokenize=False)
             inputs = self.processor(images=images or None, text=[text], add_special_tokens=False,
@@ -195,6 +201,11 @@ class TransformersBackend:
             greedy = cfg.temperature == 0
             kw = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
                       num_return_sequences=1 if greedy else cfg.num_samples)
+            spec = constraints[k] if constraints else None
+            if spec is not None:
+                lp = self.logits_processor(spec)
+                kw.update(logits_processor=[lp], max_new_tokens=max(cfg.max_new_tokens, lp.max_length()),
+                          eos_token_id=list(lp.table.eos))
             if not greedy:
                 kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
             torch.manual_seed(cfg.seed * 1_000_003 + row)
@@ -204,6 +215,18 @@ class TransformersBackend:
             texts = self.processor.batch_decode(ids[:, n_in:], skip_special_tokens=True)
             out.append(texts * cfg.num_samples if greedy else texts)
         return out
+
+    def logits_processor(self, spec):
+        """A ``GetokLogitsProcessor`` of ``spec`` on this model's tokenizer; EOS: the model's
+        ``generation_config.eos_token_id`` (what ``generate`` stops at), else the tokenizer's.
+        The token table is built once per (grid size, think)."""
+        from .constrained import GetokLogitsProcessor, token_table
+
+        key = (spec.vocab.grid_size, spec.think)
+        if key not in self._tables:
+            eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+            self._tables[key] = token_table(self.processor.tokenizer, spec, eos)
+        return GetokLogitsProcessor(spec, table=self._tables[key])
 
 
 class OpenAIBackend:
@@ -228,13 +251,25 @@ class OpenAIBackend:
                    for c in msg["content"]]
         return [{"role": "user", "content": content}]
 
-    def _one(self, item, cfg: SamplingConfig) -> list[str]:
+    @staticmethod
+    def grammar_body(spec) -> dict:
+        """The request fields that constrain an answer to ``spec``'s text regex (``codec.grammar.to_regex``):
+        ``structured_outputs: {"regex": R}`` (vLLM's OpenAI server, ``vllm serve``) and
+        ``structured_outputs_regex: R`` (``swift deploy --infer_backend vllm``: ms-swift's request
+        field); each server ignores the other's field. Sent as the client's ``extra_body``."""
+        from ..codec.grammar import to_regex
+
+        regex = to_regex(spec)
+        return {"structured_outputs": {"regex": regex}, "structured_outputs_regex": regex}
+
+    def _one(self, item, cfg: SamplingConfig, spec=None) -> list[str]:
         prompt, images, row = item
         greedy = cfg.temperature == 0
+        extra = {"extra_body": self.grammar_body(spec)} if spec is not None else {}
         resp = self.client.chat.completions.create(
             model=self.model, messages=self.messages(prompt, images), n=1 if greedy else cfg.num_samples,
             temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-            seed=cfg.seed * 1_000_003 + row)
+            seed=cfg.seed * 1_000_003 + row, **extra)
         texts = [c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)]
         if greedy:
             texts = texts[:1] * cfg.num_samples
@@ -242,11 +277,14 @@ class OpenAIBackend:
             raise RuntimeError(f"the endpoint returned {len(texts)} answers for n={cfg.num_samples}")
         return texts
 
-    def generate(self, items, cfg: SamplingConfig) -> list[list[str]]:
+    def generate(self, items, cfg: SamplingConfig, constraints=None) -> list[list[str]]:
+        """K answer texts per item; ``constraints``: None, or per item an ``AnswerSpec`` or None
+        (that request carries ``grammar_body(spec)``)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        specs = list(constraints) if constraints else [None] * len(items)
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda it: self._one(it, cfg), items))
+            return list(pool.map(lambda it, spec: self._one(it, cfg, spec), items, specs))
 
 
 class VllmBackend:

@@ -114,7 +114,8 @@ def runs(model, prompts):
         inputs = chat(proc, [("user", p["text"])], p["image"])
         ids = generate(m, proc, inputs, spec)
         free = generate(m, proc, inputs, None, max_new_tokens=len(ids) + 1)
-        rec = {"task": p["task"], "spec": spec, "ids": ids, "text": proc.tokenizer.decode(ids, skip_special_tokens=True),
+        rec = {"task": p["task"], "spec": spec, "ids": ids, "free_ids": free,
+               "text": proc.tokenizer.decode(ids, skip_special_tokens=True),
                "free_text": proc.tokenizer.decode(free, skip_special_tokens=True)}
         state = start_refinement(rec["text"], VOCAB)
         if state.refinable:
@@ -127,8 +128,15 @@ def runs(model, prompts):
         out.append(rec)
     valid = sum(parse_answer(r["text"], VOCAB).valid for r in out)
     free_valid = sum(parse_answer(r["free_text"], VOCAB).valid for r in out)
-    print(f"\nconstrained generate on {len(out)} val prompts: {valid}/{len(out)} valid with the GETok processor, "
-          f"{free_valid}/{len(out)} without it (same model and seed, same token budget)")
+    getok = set(proc.tokenizer.convert_tokens_to_ids(VOCAB.tokens))
+
+    def share(key):
+        ids = [i for r in out for i in r[key]]
+        return f"{sum(i in getok for i in ids)}/{len(ids)} generated tokens GETok ids"
+
+    print(f"\nconstrained generate on {len(out)} val prompts: {valid}/{len(out)} valid with the GETok processor "
+          f"({share('ids')}), {free_valid}/{len(out)} without it ({share('free_ids')}; same model and seed, "
+          f"same token budget)")
     print("e.g. with   :", out[0]["text"][:160])
     print("e.g. without:", out[0]["free_text"][:160])
     return out
@@ -194,3 +202,100 @@ def test_think_then_answer_passes_the_format_reward(model, prompts):
         text = proc.tokenizer.decode(ids[:-1], skip_special_tokens=True)
         assert grid_format_ok(text, GridAnswer.of(parse_answer(text, VOCAB)), "seg"), text
         assert re.fullmatch(to_regex(spec), text), text
+
+
+# ---------------------------------------------------------------------- `getok predict --constrained`
+def _predict(model_dir, inp, out, *extra) -> list[dict]:
+    from getok_core.cli import main as getok_main
+
+    assert getok_main(["predict", "--model", model_dir, "--input", str(inp), "--out", str(out), "--dtype",
+                       "float32", "--decoder", "none", "--no-progress", *extra]) == 0
+    return read_jsonl(out / "predictions.jsonl")
+
+
+def test_getok_predict_constrained_gives_valid_answers(model, work, tmp_path):
+    """``getok predict --model DIR --constrained`` on 2 sample queries (a seg and a point one, one
+    refinement round, greedy): every turn-1 answer is valid and matches its task's regex, every
+    refinement answer holds one offset per turn-1 anchor. The same run without ``--constrained``
+    (same token budget as the longest constrained turn 1) is reported."""
+    from getok_core.inference import sample_queries
+
+    torch.set_num_threads(2)
+    m, proc = model
+    model_dir = work / "constrained-tiny"
+    if not (model_dir / "config.json").exists():
+        m.save_pretrained(model_dir)
+        proc.save_pretrained(model_dir)
+    queries = sample_queries(work / "constrained-sample")
+    picked = [next(q for q in queries if q[2] == t) for t in ("seg", "point")]
+    inp = tmp_path / "queries.jsonl"
+    inp.write_text("".join(json.dumps({"image": p, "query": q, "task": t}) + "\n" for p, q, t in picked))
+    rows = _predict(str(model_dir), inp, tmp_path / "on", "--constrained", "--max-instances", str(MAX_INSTANCES),
+                    "--max-points", str(MAX_POINTS), "--no-none", "--rounds", "1")
+    assert [r["task"] for r in rows] == ["seg", "point"] and all(r["constrained"] for r in rows)
+    for r in rows:
+        parsed = parse_answer(r["turns"][0], VOCAB)
+        assert parsed.valid and r["valid"], (r["turns"][0], parsed.errors)
+        assert re.fullmatch(to_regex(grid_spec(VOCAB, r["task"], MAX_INSTANCES, MAX_POINTS, allow_none=False)),
+                            r["turns"][0]), r["turns"][0]
+        assert r["rounds_done"] == 1, r
+        offs = parse_offsets(r["turns"][1], parsed.instances, VOCAB)
+        assert offs.valid, (r["turns"][1], offs.errors)
+        assert [len(o) for o in offs.offsets] == [len(anchors(i)) for i in parsed.instances]
+    budget = max(len(proc.tokenizer(r["turns"][0], add_special_tokens=False)["input_ids"]) for r in rows) + 1
+    free = _predict(str(model_dir), inp, tmp_path / "off", "--max-new-tokens", str(budget))
+    assert not any(r.get("constrained") for r in free)
+    print(f"\ngetok predict on {len(rows)} sample queries: {sum(r['valid'] for r in rows)}/{len(rows)} valid with "
+          f"--constrained, {sum(r['valid'] for r in free)}/{len(free)} without (greedy, {budget} tokens)")
+    print("e.g. with   :", rows[0]["turns"][0][:160], "| round 1:", rows[0]["turns"][1][:80])
+    print("e.g. without:", free[0]["turns"][0][:160])
+
+
+def test_server_request_carries_the_regex(tmp_path):
+    """``--server`` with a constraint: each chat request's body holds the text regex of its turn
+    (``structured_outputs.regex`` for ``vllm serve``, ``structured_outputs_regex`` for ``swift
+    deploy``): turn 1 ``grid_spec``'s, the refinement turn ``refine_spec``'s of the turn-1 answer.
+    The endpoint is a local HTTP server that records the bodies (no vLLM here) and answers a
+    fixed dialogue."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from PIL import Image
+
+    from getok_core.codec.answer import format_answer, format_offsets
+    from getok_core.codec.instance import Instance
+    from getok_core.inference import Predictor, load_backend
+    from getok_core.inference.predictor import Constraint
+
+    turn1 = format_answer([Instance(box=(0.25, 0.25, 0.5, 0.5), points=[(0.4, 0.4)])], VOCAB)
+    answers, bodies = [turn1, format_offsets([[(1, 0), (0, 1), None]], VOCAB)], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            msg = {"role": "assistant", "content": answers[len(bodies) - 1]}
+            data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                               "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = load_backend(server=f"http://127.0.0.1:{server.server_port}/v1", served_model="m")
+        c = Constraint(MAX_INSTANCES, MAX_POINTS)
+        pred = Predictor(backend, None, VOCAB, rounds=1, constraint=c).predict(
+            Image.new("RGB", (64, 48), (90, 90, 90)), "the square", "seg")
+    finally:
+        server.shutdown()
+    assert pred.valid and pred.constrained and pred.turns == answers
+    want = [to_regex(c.turn1(VOCAB, "seg")), to_regex(refine_spec(VOCAB, turn1))]
+    assert [b["structured_outputs"]["regex"] for b in bodies] == want
+    assert [b["structured_outputs_regex"] for b in bodies] == want
+    assert all(re.fullmatch(w, a) for w, a in zip(want, answers))

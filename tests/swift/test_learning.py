@@ -78,11 +78,11 @@ def test_sft_then_grpo_learn_on_toy_images(toy, tiny_model):
     assert validity(before) == 0.0, before  # the random model: no valid answer
 
     run_swift("sft", [*MODEL_ARGS, "--model", tiny_model, "--tuner_type", "full", "--freeze_vit", "false",
-                      "--dataset", str(train), "--max_steps", "40", "--per_device_train_batch_size", "4",
-                      "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
-                      "--weight_decay", "0", "--save_steps", "40", *COMMON, "--output_dir", str(toy / "sft")],
+                      "--dataset", str(train), "--max_steps", "60", "--per_device_train_batch_size", "4",
+                      "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+                      "--weight_decay", "0", "--save_steps", "60", *COMMON, "--output_dir", str(toy / "sft")],
               toy / "sft.log", timeout=1200)
-    sft_ckpt = sorted((toy / "sft").glob("v*/checkpoint-40"))[-1]
+    sft_ckpt = sorted((toy / "sft").glob("v*/checkpoint-60"))[-1]
     after_sft = answers(sft_ckpt, train, toy / "after_sft.jsonl", toy)
     assert validity(after_sft) >= 0.9, after_sft
     reward_sft = mean_reward(after_sft, truths)

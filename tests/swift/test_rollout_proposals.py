@@ -234,35 +234,34 @@ def check_easyr1_rendering(processor, row: dict, question: str, answer: str) -> 
     return list(ids)
 
 
-def test_family_rollout_proposals_rows_render_with_its_chat_template(family_refinable, data, tmp_path):
+def test_family_rollout_proposals_rows_render_with_its_chat_template(family_refinable, images, helpers, tmp_path):
     """Qwen3-VL / Qwen2-VL: `getok rollout-proposals` with the family's tiny model taught a
-    refinable turn 1 (``teach_refinable``), and the stage-2 rows rendered by that model's chat
-    template (Qwen3-VL: no default system turn) exactly as the real conversation."""
-    import shutil
-
+    refinable turn 1 to "Find the cat." (``teach_refinable``) on EasyR1 rows of that question, and
+    the stage-2 rows rendered by that model's chat template (Qwen3-VL: no default system turn)
+    exactly as the real conversation."""
     from transformers import AutoProcessor
 
-    prepared = tmp_path / "prepared"
-    shutil.copytree(data / "easyr1", prepared / "easyr1")
-    for f in (prepared / "easyr1").glob("val_refine*"):
-        f.unlink()
     fam, model = family_refinable
-    args = ["rollout-proposals", "--model", model, "--prepared", str(prepared), "--split",
-            "val", "--backend", "transformers", "--num-samples", "1", "--temperature", "0", "--max-new-tokens", "16",
-            "--limit", "2", "--min-pixels", "0", "--dtype", "float32", "--no-progress"]
+    question = "<image>Find the cat."
+    easyr1 = tmp_path / "prepared" / "easyr1"
+    easyr1.mkdir(parents=True)
+    row = {"prompt": question, "images": [images["mem"]], "answer": helpers.mem_ground_truth(images["mem"])}
+    (easyr1 / "val.jsonl").write_text((json.dumps(row) + "\n") * 2)
+    args = ["rollout-proposals", "--model", model, "--prepared", str(easyr1.parent), "--split", "val",
+            "--backend", "transformers", "--num-samples", "1", "--temperature", "0", "--max-new-tokens", "16",
+            "--min-pixels", "0", "--dtype", "float32", "--no-progress"]
     assert getok_main(args) == 0
-    out = prepared / "easyr1" / "val_refine.jsonl"
+    out = easyr1 / "val_refine.jsonl"
     rows = read_jsonl(out)
     summary = json.loads(R.paths_for(out)["summary"].read_text())
-    assert rows, summary  # the memorized answer is refinable: stage-2 rows are written
-    proc = AutoProcessor.from_pretrained(model)
-    question = read_jsonl(prepared / "easyr1" / "val.jsonl")[0]["prompt"]
+    assert len(rows) == 2, summary  # the taught answer is refinable: one stage-2 row per input row
     answer = json.loads(rows[0]["answer"])["extra"]["proposal"]
+    assert answer == helpers.FAMILY_ANSWER
+    proc = AutoProcessor.from_pretrained(model)
     ids = check_easyr1_rendering(proc, rows[0], question, answer)
     tok = proc.tokenizer
-    im_start = tok.convert_tokens_to_ids("<|im_start|>")
     # Qwen3-VL's template opens no system turn: user, assistant, user, generation prompt
-    assert ids.count(im_start) == (4 if fam.name == "qwen3_vl" else 5)
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == (4 if fam.name == "qwen3_vl" else 5)
     assert tok.convert_tokens_to_ids("<box>") in ids
 
 
