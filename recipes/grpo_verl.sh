@@ -36,7 +36,8 @@
 set -euo pipefail
 
 # --- model, data, outputs
-source "$(cd "$(dirname "$0")" && pwd)/model_family.sh"  # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+source "$REPO/recipes/model_family.sh"        # MODEL_FAMILY: qwen2_5_vl (default), qwen3_vl, qwen2_vl
 MODEL=${MODEL:-output/getok-cold-start-$FAMILY_TAG/merged}  # the first stage's start (recipes/cold_start_swift.sh)
 PREPARED=${PREPARED:-data/refcoco_train}      # a `getok prepare` output folder
 SPLIT=${SPLIT:-train}

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (the variables are read by the recipes that source this file)
 # Sourced by the recipes: what MODEL_FAMILY (qwen2_5_vl, the default; qwen3_vl; qwen2_vl) sets.
 #   FAMILY_MODEL_TYPE  the GETok ms-swift model type and template (getok_$MODEL_FAMILY)
 #   FAMILY_BASE        the hub id of the paper-size base model (Qwen2.5-VL-7B / Qwen3-VL-8B / Qwen2-VL-7B)

@@ -13,7 +13,7 @@ Importing this package imports no torch / transformers / openai: backends load t
 
 from __future__ import annotations
 
-from .predictor import TASKS, Prediction, Predictor, offset_moves, user_prompt
+from .predictor import TASKS, Constraint, Prediction, Predictor, offset_moves, user_prompt
 from .replay import Query, ReplayBackend, read_queries, read_replay
 
 
@@ -57,5 +57,5 @@ def sample_queries(root, limit: int = 6) -> list[tuple[str, str, str]]:
     return (out + picked["point"][:1] + picked["line"][:1])[:limit]
 
 
-__all__ = ["TASKS", "Prediction", "Predictor", "offset_moves", "user_prompt", "Query", "ReplayBackend",
+__all__ = ["TASKS", "Constraint", "Prediction", "Predictor", "offset_moves", "user_prompt", "Query", "ReplayBackend",
            "read_queries", "read_replay", "load_backend", "sample_queries"]

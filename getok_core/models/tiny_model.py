@@ -472,8 +472,9 @@ def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_wo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tokenizer if tokenizer is not None else build_qwen_tokenizer(fam)
-    if len(tok) != fam.first_getok_id:
-        raise ValueError(f"the tokenizer has {len(tok)} tokens, not {fam.label}'s {fam.first_getok_id}")
+    last = fam.added_tokens[-1][0]
+    if len(tok) < fam.first_getok_id or tok.convert_tokens_to_ids(last) != fam.first_getok_id - 1:
+        raise ValueError(f"not a {fam.label} tokenizer: {last} is not at id {fam.first_getok_id - 1}")
     cfg = tiny_config(fam, tie_word_embeddings=tie_word_embeddings, hidden_size=hidden_size, num_layers=num_layers,
                       vision_hidden=vision_hidden, vision_depth=vision_depth)
     torch.manual_seed(seed)

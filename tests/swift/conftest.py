@@ -281,7 +281,7 @@ def family_cli(request, work, family_model, images, plugin):
     return dict(out, family=fam, tied=tied)
 
 
-def teach_refinable(d: Path, model: str, model_type: str, image: str) -> str:
+def teach_refinable(d: Path, model: str, model_type: str, image: str, steps: int = 30) -> str:
     """``model`` taught one refinable turn-1 answer (``FAMILY_ANSWER`` to "Find the cat." on
     ``image``) by a full-parameter swift sft (the text tokens of ``<answer>`` are learnt in a few
     steps); returns the checkpoint folder."""
@@ -289,13 +289,13 @@ def teach_refinable(d: Path, model: str, model_type: str, image: str) -> str:
     row = {"messages": [{"role": "user", "content": "<image>Find the cat."},
                         {"role": "assistant", "content": FAMILY_ANSWER}], "images": [image]}
     data = d / "sft.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for _ in range(32)))
+    data.write_text("".join(json.dumps(row) + "\n" for _ in range(max(32, steps))))
     run_swift("sft", [
         "--custom_register_path", str(REGISTER), "--model", model, "--model_type", model_type,
         "--template", model_type, "--tuner_type", "full", "--dataset", str(data),
-        "--max_steps", "30", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+        "--max_steps", str(steps), "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
         "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
-        "--torch_dtype", "float32", "--gradient_checkpointing", "false", "--save_steps", "30",
+        "--torch_dtype", "float32", "--gradient_checkpointing", "false", "--save_steps", str(steps),
         "--save_only_model", "true", "--logging_steps", "10", "--dataloader_num_workers", "0",
         "--dataset_num_proc", "1", "--split_dataset_ratio", "0", "--report_to", "none",
         "--output_dir", str(d / "sft")], d / "sft.log", timeout=420)
@@ -308,24 +308,27 @@ def family_refinable(request, work, family_model, images, plugin):
     from getok_core.models.tiny_model import family
 
     fam = family(request.param)
+    # 60 steps: 30 (enough for the tiny Qwen2.5-VL) left the tiny Qwen2-VL answering "<answer>" alone
     ckpt = teach_refinable(work / f"refinable-{fam.name}", family_model(fam.name, OTHER_FAMILIES[fam.name]),
-                           fam.model_type, images["mem"])
+                           fam.model_type, images["mem"], steps=60)
     return fam, ckpt
 
 
-def mem_ground_truth(image: str) -> str:
-    """The ``solution`` (ground-truth JSON) of the memorization row's box on ``image`` (mask = box)."""
+def mem_ground_truth(image: str, size: tuple[int, int] = MEM_IMAGE_SIZE) -> str:
+    """The ``solution`` (ground-truth JSON) of the memorization row's box on ``image`` of ``size``
+    (width, height; the box scaled from the 112 x 84 memorization image; mask = box)."""
     import numpy as np
 
     from getok_core.data.masks import encode_rle
 
-    w, h = MEM_IMAGE_SIZE
-    x0, y0, x1, y1 = MEM_BOX
+    w, h = size
+    box = [v / MEM_IMAGE_SIZE[i % 2] for i, v in enumerate(MEM_BOX)]
+    x0, y0, x1, y1 = (round(v * (w if i % 2 == 0 else h)) for i, v in enumerate(box))
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
     return json.dumps({"version": 1, "sample_id": "cat", "image_key": "mem", "image_path": image,
                        "image_size": [w, h], "task": "seg", "expression": "the cat", "no_target": False,
-                       "targets": [{"mask": encode_rle(m), "box": [x0 / w, y0 / h, x1 / w, y1 / h], "points": [],
+                       "targets": [{"mask": encode_rle(m), "box": box, "points": [],
                                     "polyline": None}], "ignore": None, "extra": {}})
 
 

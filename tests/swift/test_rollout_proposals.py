@@ -241,11 +241,19 @@ def test_family_rollout_proposals_rows_render_with_its_chat_template(family_refi
     exactly as the real conversation."""
     from transformers import AutoProcessor
 
+    from qwen_vl_utils import fetch_image
+
     fam, model = family_refinable
     question = "<image>Find the cat."
     easyr1 = tmp_path / "prepared" / "easyr1"
     easyr1.mkdir(parents=True)
-    row = {"prompt": question, "images": [images["mem"]], "answer": helpers.mem_ground_truth(images["mem"])}
+    # the picture as ms-swift's template fed it in training (qwen_vl_utils' resize to the family's
+    # 28 / 32 px multiples: 112 x 84 stays for Qwen2-VL, 128 x 96 for Qwen3-VL): the tiny model
+    # memorized one answer to those exact pixels
+    image = fetch_image({"image": images["mem"]}, image_patch_size=fam.patch_size)
+    image.save(tmp_path / "cat.png")
+    path = str(tmp_path / "cat.png")
+    row = {"prompt": question, "images": [path], "answer": helpers.mem_ground_truth(path, image.size)}
     (easyr1 / "val.jsonl").write_text((json.dumps(row) + "\n") * 2)
     args = ["rollout-proposals", "--model", model, "--prepared", str(easyr1.parent), "--split", "val",
             "--backend", "transformers", "--num-samples", "1", "--temperature", "0", "--max-new-tokens", "16",

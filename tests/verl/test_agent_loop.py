@@ -365,7 +365,7 @@ def test_family_two_turn_refinement(family_dir, yaml_path, image_path, tmp_path)
     t2 = offs((-1, 0))
     server = ScriptedServer(_tokenizer(path), {"the square": [PROPOSAL, t2]}, logprob=-0.25)
     cfg = make_config(path, yaml_path, 256, "actor_rollout_ref.rollout.calculate_log_probs=True")
-    worker, out = run_rows(cfg, server, [row(image_path, "the square", REFINE_AGENT)], tmp_path)
+    worker, out = run_rows(cfg, server, [row(image_path, "the square", "g_refine")], tmp_path)  # grid 10
     assert type(worker.processor).__name__ == {"qwen3_vl": "Qwen3VLProcessor", "qwen2_vl": "Qwen2VLProcessor"}[family]
     tok = worker.tokenizer
     prompt, resp, model, mask = parts(worker, out, 0)
