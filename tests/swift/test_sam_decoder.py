@@ -1,6 +1,6 @@
 """SamDecoder through the real segment-anything code, on a tiny random SAM (getok_core/decoders/tiny_sam.py)."""
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -358,8 +358,11 @@ def test_from_checkpoint_and_make_decoder(sam, registry_sam, tmp_path):
         SamDecoder.from_checkpoint("registry_tiny", tmp_path / "missing.pth")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sam2") is not None, reason="sam2 is installed")
-def test_sam2_decoder_needs_sam2(sam):
+def test_sam2_decoder_needs_sam2(sam, monkeypatch):
+    """Without the optional sam2 package (simulated: its modules blocked in sys.modules) the
+    error names it."""
+    for name in ("sam2", "sam2.sam2_image_predictor", "sam2.build_sam"):
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match="sam2"):
         Sam2Decoder(sam)
     with pytest.raises(ImportError, match="sam2"):

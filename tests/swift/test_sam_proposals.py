@@ -1,6 +1,6 @@
 """SAM grid-point proposals through the real segment-anything code, on a tiny random SAM."""
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -170,8 +170,11 @@ def test_cache_skips_the_encoder(sam, tmp_path):
         counter.handle.remove()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sam2") is not None, reason="sam2 is installed")
-def test_sam2_proposer_needs_sam2(sam):
+def test_sam2_proposer_needs_sam2(sam, monkeypatch):
+    """Without the optional sam2 package (simulated: its modules blocked in sys.modules) the
+    error names it."""
+    for name in ("sam2", "sam2.sam2_image_predictor", "sam2.build_sam"):
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match="sam2"):
         Sam2Proposer(sam)
 
