@@ -6,6 +6,7 @@ sides, so the masks are bit-identical); see tests/verl/test_sam_service.py for t
 and its routing / fault tests, which do not depend on the model family.
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -16,7 +17,9 @@ import pytest
 
 pytestmark = pytest.mark.verl
 import ray  # noqa: E402  (tests/verl run in the verl environment: a missing package fails)
-import sam2  # noqa: E402,F401
+# Not imported here: importing sam2 initializes Hydra's global state (sam2/__init__.py), which
+# would break the verl tests collected beside this module (they compose verl's own configs).
+assert importlib.util.find_spec("sam2"), "sam2 belongs to the verl environment (requirements/verl.txt)"
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from ray import serve  # noqa: E402
@@ -32,6 +35,16 @@ from getok_core.rewards import score_grid_batch  # noqa: E402
 APP = "getok-sam2-test"
 V = GetokVocab(grid_size=10)
 H, W = 40, 56
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _hydra_cleared_after():
+    """The in-process ``Sam2Decoder`` imports sam2, which initializes Hydra globally: cleared at the
+    end so that later tests in the session can initialize their own."""
+    yield
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
 
 
 @pytest.fixture(scope="module")
