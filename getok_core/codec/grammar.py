@@ -112,6 +112,49 @@ def refine_spec(vocab: GetokVocab, turn1, think: bool = False) -> AnswerSpec:
     return AnswerSpec(vocab, think=think, refine=rows)
 
 
+def spec_to_json(spec: AnswerSpec) -> str:
+    """``spec`` as a JSON string (for a request field that crosses processes, e.g. vLLM's
+    ``SamplingParams.extra_args``); ``spec_from_json`` reads it back to an equal spec."""
+    d = {"grid_size": spec.vocab.grid_size, "offset_rounds": spec.vocab.offset_rounds, "think": spec.think,
+         "elements": [[r.kind, r.min_cells, r.max_cells] for r in spec.elements], "any_subset": spec.any_subset,
+         "max_instances": spec.max_instances, "allow_none": spec.allow_none,
+         "refine": None if spec.refine is None else [list(r) for r in spec.refine]}
+    return json.dumps(d, separators=(",", ":"))
+
+
+def spec_from_json(text: str) -> AnswerSpec:
+    """The ``AnswerSpec`` of ``spec_to_json``'s text. Raises ValueError on anything else."""
+    try:
+        d = json.loads(text)
+        vocab = GetokVocab(int(d["grid_size"]), int(d["offset_rounds"]))
+        elements = tuple(ElementRule(str(k), int(a), int(b)) for k, a, b in d["elements"])
+        if any(r.kind not in ELEMENTS or not 0 <= r.min_cells <= r.max_cells for r in elements):
+            raise ValueError("bad element rule")
+        refine = None if d["refine"] is None else tuple(tuple(bool(x) for x in r) for r in d["refine"])
+        return AnswerSpec(vocab, think=bool(d["think"]), elements=elements, any_subset=bool(d["any_subset"]),
+                          max_instances=int(d["max_instances"]), allow_none=bool(d["allow_none"]), refine=refine)
+    except (TypeError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a GETok answer spec (codec.grammar.spec_to_json): {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Grammar-constrained decoding (docs/grammar.md): turn 1 follows ``grid_spec(vocab, task,
+    max_instances, max_points, think, allow_none)``, a refinement round ``refine_spec`` of the
+    instances it refines (one ``<OFF..>`` / ``<DELETE>`` per anchor). Defaults: ``getok grammar``'s."""
+
+    max_instances: int = 8
+    max_points: int = 32
+    think: bool = False
+    allow_none: bool = True
+
+    def turn1(self, vocab: GetokVocab, task: str) -> AnswerSpec:
+        return grid_spec(vocab, task, self.max_instances, self.max_points, self.think, self.allow_none)
+
+    def refine(self, vocab: GetokVocab, instances) -> AnswerSpec:
+        return refine_spec(vocab, list(instances), self.think)
+
+
 # ---------------------------------------------------------------------- shared pieces
 def int_range_regex(n: int) -> str:
     """A regex of the decimal integers 0 .. n-1 without leading zeros (n >= 1)."""
@@ -315,4 +358,4 @@ def run(args) -> int:
 
 
 __all__ = ["TASKS", "TASK_LINES", "ElementRule", "AnswerSpec", "grid_spec", "refine_spec", "to_regex", "to_lark",
-           "id_ranges", "int_range_regex", "tokenizer_ids", "add_arguments", "run"]
+           "id_ranges", "int_range_regex", "tokenizer_ids", "spec_to_json", "spec_from_json", "Constraint", "add_arguments", "run"]

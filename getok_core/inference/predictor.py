@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec.answer import parse_answer, parse_offsets
-from ..codec.grammar import AnswerSpec, grid_spec, refine_spec
+from ..codec.grammar import AnswerSpec, Constraint
 from ..codec.instance import Instance, InstanceCells, anchors
 from ..codec.vocab import GetokVocab
 from ..data.images import load_image, to_rgb
@@ -76,24 +76,6 @@ def offset_moves(instances, offsets_text, vocab: GetokVocab, round: int):
             if tuple(to) != tuple(uv):
                 moves.append((tuple(uv), tuple(to)))
     return moves, deleted
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """Grammar-constrained decoding (docs/grammar.md): turn 1 follows ``grid_spec(vocab, task,
-    max_instances, max_points, think, allow_none)``, a refinement round ``refine_spec`` of the
-    instances it refines (one ``<OFF..>`` / ``<DELETE>`` per anchor). Defaults: ``getok grammar``'s."""
-
-    max_instances: int = 8
-    max_points: int = 32
-    think: bool = False
-    allow_none: bool = True
-
-    def turn1(self, vocab: GetokVocab, task: str) -> AnswerSpec:
-        return grid_spec(vocab, task, self.max_instances, self.max_points, self.think, self.allow_none)
-
-    def refine(self, vocab: GetokVocab, instances) -> AnswerSpec:
-        return refine_spec(vocab, list(instances), self.think)
 
 
 @dataclass

@@ -21,9 +21,9 @@ Resumable: the answers of each input row are appended to ``OUT.rollouts.jsonl`` 
 exist; a rerun of the same command generates only the missing rows, then writes ``OUT`` and
 ``OUT.summary.json`` atomically from that file. Backends: ``transformers`` (any device; the tests
 use CPU), ``openai`` (any OpenAI-compatible server, e.g. ``swift deploy``; images as data URLs) and
-``vllm`` (offline ``vllm.LLM``; not exercised by the tests). The transformers and openai backends
-also take per-item grammar constraints (``codec.grammar.AnswerSpec``; ``getok predict
---constrained``), which ``rollout-proposals`` does not use. torch, transformers, vllm, openai and
+``vllm`` (offline ``vllm.LLM``; tested on CPU in the vllm environment). Every backend takes per-item
+grammar constraints (``codec.grammar.AnswerSpec``): ``getok predict --constrained`` and
+``rollout-proposals --constrained`` (each turn 1 under its row's task grammar). torch, transformers, vllm, openai and
 jinja2 are imported inside the functions that need them.
 """
 
@@ -287,32 +287,94 @@ class OpenAIBackend:
             return list(pool.map(lambda it, spec: self._one(it, cfg, spec), items, specs))
 
 
-class VllmBackend:
-    """Offline ``vllm.LLM`` (GPU). NOT exercised by the tests (vLLM is not installed there):
-    prompts are rendered with the model's processor like EasyR1 and sent with their images."""
+CONSTRAIN_MODES = ("automaton", "grammar")
 
-    def __init__(self, model: str, tensor_parallel_size: int = 1, seed: int = 0):
+
+class VllmBackend:
+    """Offline ``vllm.LLM``: prompts are rendered with the model's processor like EasyR1 and sent
+    with their images. ``engine_args``: more ``LLM(...)`` keywords (e.g. ``max_model_len``,
+    ``gpu_memory_utilization``). ``constrain``: how a constrained item is decoded
+    (``models.vllm_constrained``): ``automaton`` (GETok's logits processor: valid by construction)
+    or ``grammar`` (the Lark grammar of single GETok ids through vLLM's llguidance backend: syntax
+    only). The engine has both (the processor registered, llguidance selected), so ``generate``
+    may choose per call."""
+
+    def __init__(self, model: str, tensor_parallel_size: int = 1, seed: int = 0, constrain: str = "automaton",
+                 engine_args: dict | None = None):
         from transformers import AutoProcessor
         from vllm import LLM
 
-        self.processor = AutoProcessor.from_pretrained(model)
-        _warn_template(self.processor)
-        self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, seed=seed,
-                       limit_mm_per_prompt={"image": 1})
+        from .vllm_constrained import FQCN
 
-    def generate(self, items, cfg: SamplingConfig) -> list[list[str]]:
+        if constrain not in CONSTRAIN_MODES:
+            raise ValueError(f"constrain must be one of {CONSTRAIN_MODES}, got {constrain!r}")
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.model, self.constrain = model, constrain
+        self._tables: dict = {}
+        self._ids = None
+        _warn_template(self.processor)
+        kw = dict(tensor_parallel_size=tensor_parallel_size, seed=seed, limit_mm_per_prompt={"image": 1},
+                  logits_processors=[FQCN], structured_outputs_config={"backend": "guidance"})
+        kw.update(engine_args or {})
+        self.llm = LLM(model=model, **kw)
+
+    def automaton(self, spec):
+        """A ``GetokAutomaton`` of ``spec`` on this model's tokenizer (its length bound sizes
+        ``max_tokens``); the token table is built once per (grid size, think)."""
+        from .constrained import GetokAutomaton, token_table
+        from .vllm_constrained import eos_ids
+
+        key = (spec.vocab.grid_size, spec.think)
+        if key not in self._tables:
+            tok = self.processor.tokenizer
+            self._tables[key] = token_table(tok, spec, eos_ids(self.model, tok))
+        return GetokAutomaton(spec, self._tables[key])
+
+    def sampling_params(self, cfg: SamplingConfig, row: int, spec=None, constrain: str | None = None):
+        """vLLM ``SamplingParams`` of one item; with ``spec`` (``codec.grammar.AnswerSpec``) the
+        request is constrained as ``constrain`` (default ``self.constrain``) says, with at least
+        the grammar's longest answer as its token budget."""
         from vllm import SamplingParams
 
+        constrain = constrain or self.constrain
+        if constrain not in CONSTRAIN_MODES:
+            raise ValueError(f"constrain must be one of {CONSTRAIN_MODES}, got {constrain!r}")
         greedy = cfg.temperature == 0
-        prompts, params = [], []
-        for prompt, images, row in items:
-            text = self.processor.apply_chat_template(easyr1_messages(prompt), add_generation_prompt=True,
-                                                      tokenize=False)
-            prompts.append({"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text})
-            params.append(SamplingParams(n=1 if greedy else cfg.num_samples, temperature=cfg.temperature,
-                                         top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                                         seed=cfg.seed * 1_000_003 + row))
-        outs = self.llm.generate(prompts, params)
+        kw = dict(n=1 if greedy else cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                  max_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + row)
+        if spec is not None:
+            kw["max_tokens"] = max(cfg.max_new_tokens, self.automaton(spec).max_length())
+            if constrain == "grammar":
+                from vllm.sampling_params import StructuredOutputsParams
+
+                from ..codec.grammar import to_lark
+
+                if self._ids is None:
+                    self._ids = self.processor.tokenizer.get_vocab()
+                kw["structured_outputs"] = StructuredOutputsParams(grammar=to_lark(spec, self._ids))
+            else:
+                from .vllm_constrained import request_args
+
+                kw["extra_args"] = request_args(spec)
+        return SamplingParams(**kw)
+
+    def request(self, prompt: str, images: list) -> dict:
+        """The vLLM prompt of one item: the EasyR1 user message under the model's chat template."""
+        text = self.processor.apply_chat_template(easyr1_messages(prompt), add_generation_prompt=True, tokenize=False)
+        return {"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text}
+
+    def generate_outputs(self, items, cfg: SamplingConfig, constraints=None, constrain: str | None = None):
+        """vLLM's ``RequestOutput`` per item (texts and token ids); arguments as ``generate``."""
+        specs = list(constraints) if constraints else [None] * len(items)
+        prompts = [self.request(prompt, images) for prompt, images, _ in items]
+        params = [self.sampling_params(cfg, row, spec, constrain) for (_, _, row), spec in zip(items, specs)]
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
+    def generate(self, items, cfg: SamplingConfig, constraints=None, constrain: str | None = None) -> list[list[str]]:
+        """K answer texts per item; ``constraints``: None, or per item an ``AnswerSpec`` or None;
+        ``constrain``: ``automaton`` / ``grammar`` for this call (default ``self.constrain``)."""
+        greedy = cfg.temperature == 0
+        outs = self.generate_outputs(items, cfg, constraints, constrain)
         return [[o.text for o in r.outputs] * (cfg.num_samples if greedy else 1) for r in outs]
 
 
@@ -331,7 +393,7 @@ def _warn_template(processor) -> None:
 
 def make_backend(name: str, model: str, *, endpoint: str | None = None, served_model: str | None = None,
                  device: str = "cpu", dtype: str = "auto", concurrency: int = 8, tensor_parallel_size: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, constrain: str = "automaton", engine_args: dict | None = None):
     """The backend ``name`` (one of ``BACKENDS``)."""
     if name == "transformers":
         return TransformersBackend(model, device=device, dtype=dtype)
@@ -340,7 +402,8 @@ def make_backend(name: str, model: str, *, endpoint: str | None = None, served_m
             raise ValueError("--backend openai needs --endpoint URL (e.g. http://127.0.0.1:8000/v1)")
         return OpenAIBackend(endpoint, served_model or model, concurrency=concurrency)
     if name == "vllm":
-        return VllmBackend(model, tensor_parallel_size=tensor_parallel_size, seed=seed)
+        return VllmBackend(model, tensor_parallel_size=tensor_parallel_size, seed=seed, constrain=constrain,
+                           engine_args=engine_args)
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
@@ -370,19 +433,22 @@ def paths_for(out) -> dict[str, Path]:
 def rollout_proposals(input_path, out, backend, cfg: SamplingConfig, *, format_prompt: str | None = None,
                       vocab: GetokVocab | None = None, limit: int | None = None, batch_size: int = 16,
                       min_pixels: int | None = EASYR1_MIN_PIXELS, max_pixels: int | None = EASYR1_MAX_PIXELS,
-                      identity: dict | None = None, progress: bool = True, log=print) -> dict:
+                      identity: dict | None = None, constraint=None, progress: bool = True, log=print) -> dict:
     """Sample ``cfg.num_samples`` turn-1 answers per row of the EasyR1 file ``input_path`` with
     ``backend`` (``generate(items, cfg)``; None is allowed when every row is already done), and
     write the stage-2 rows to ``out``. ``format_prompt``: the stage-1 template text (None: the
     prompt as is). Returns the summary (also written to ``OUT.summary.json``). A rerun with other
-    settings (``identity`` + sampling + input) into the same ``out`` raises ValueError."""
+    settings (``identity`` + sampling + input) into the same ``out`` raises ValueError.
+    ``constraint``: None, or an ``inference.predictor.Constraint``: each turn 1 is decoded under the
+    grammar of its row's task (``backend.generate(items, cfg, constraints=...)``; docs/grammar.md)."""
     t0 = time.time()
     vocab = vocab or GetokVocab()
     rows = _read_jsonl(input_path)[: limit if limit is not None and limit >= 0 else None]
     p = paths_for(out)
     config = {"input": os.path.abspath(input_path), "input_sha256": _sha(input_path),
               "sampling": asdict(cfg), "format_prompt": format_prompt, "grid_size": vocab.grid_size,
-              "min_pixels": min_pixels, "max_pixels": max_pixels, **(identity or {})}
+              "min_pixels": min_pixels, "max_pixels": max_pixels,
+              "constraint": asdict(constraint) if constraint is not None else None, **(identity or {})}
     if p["config"].exists() and p["rollouts"].exists():
         old = json.loads(p["config"].read_text())
         if old != config:
@@ -403,7 +469,12 @@ def rollout_proposals(input_path, out, backend, cfg: SamplingConfig, *, format_p
             chunk = todo[start:start + max(1, batch_size)]
             items = [(prompts[i], [load_image(im, min_pixels, max_pixels) for im in rows[i].get("images") or []], i)
                      for i in chunk]
-            answers = backend.generate(items, cfg)
+            if constraint is None:
+                answers = backend.generate(items, cfg)
+            else:
+                specs = [constraint.turn1(vocab, groundtruth.loads(rows[i]["answer"], strict=True)["task"])
+                         for i in chunk]
+                answers = backend.generate(items, cfg, constraints=specs)
             store.write({"row": str(i), "answers": [a if isinstance(a, str) else str(a) for a in ans]}
                         for i, ans in zip(chunk, answers))
             bar.update(len(chunk))
@@ -488,6 +559,17 @@ def add_arguments(parser) -> None:
     a("--device", default="cpu", help="torch device of --backend transformers (default cpu)")
     a("--dtype", default="auto", help="torch dtype of --backend transformers (auto, float32, bfloat16...)")
     a("--tensor-parallel-size", type=int, default=1, help="GPUs per model for --backend vllm")
+    a("--engine-args", default="{}", metavar="JSON",
+      help='more vllm.LLM keywords for --backend vllm, e.g. \'{"max_model_len": 4096}\'')
+    a("--constrained", action="store_true",
+      help="decode each turn 1 under the GETok grammar of its row's task (docs/grammar.md): every answer "
+           "valid; it changes the sampling distribution")
+    a("--constrain", default="automaton", choices=CONSTRAIN_MODES,
+      help="--backend vllm --constrained: GETok's logits processor (automaton, default: valid by "
+           "construction) or the llguidance Lark grammar (grammar: syntax only)")
+    a("--max-instances", type=int, default=8, help="--constrained: most answer lines (default 8)")
+    a("--max-points", type=int, default=32, help="--constrained: most grid tokens of a seg / line element "
+                                                 "(default 32)")
     a("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -502,15 +584,30 @@ def run(args) -> int:
     template = Path(fp).read_text(encoding="utf-8") if fp else None
     cfg = SamplingConfig(args.num_samples, args.temperature, args.top_p, args.max_new_tokens, args.seed)
     identity = {"model": args.model, "backend": args.backend, "served_model": args.served_model}
+    constraint = None
+    if args.constrained:
+        from ..codec.grammar import Constraint
+
+        constraint = Constraint(args.max_instances, args.max_points)
+        constraint.turn1(GetokVocab(args.grid_size), "seg")  # a bad bound: one error before any model load
+        if args.backend == "vllm":
+            identity["constrain"] = args.constrain
+    try:
+        engine_args = json.loads(args.engine_args)
+        if not isinstance(engine_args, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ValueError(f"--engine-args must be a JSON object of vllm.LLM keywords: {exc}") from exc
     p = paths_for(out)
     # build the backend only when something is left to generate (a finished run just rewrites)
     lazy = _LazyBackend(lambda: make_backend(
         args.backend, args.model, endpoint=args.endpoint, served_model=args.served_model, device=args.device,
         dtype=args.dtype, concurrency=args.concurrency, tensor_parallel_size=args.tensor_parallel_size,
-        seed=args.seed))
+        seed=args.seed, constrain=args.constrain, engine_args=engine_args))
     rollout_proposals(inp, out, lazy, cfg, format_prompt=template, vocab=GetokVocab(args.grid_size),
                       limit=args.limit, batch_size=args.batch_size, min_pixels=args.min_pixels or None,
-                      max_pixels=args.max_pixels or None, identity=identity, progress=not args.no_progress,
+                      max_pixels=args.max_pixels or None, identity=identity, constraint=constraint,
+                      progress=not args.no_progress,
                       log=lambda m: print(m, file=sys.stderr))
     print(p["summary"])
     return 0
@@ -520,13 +617,15 @@ class _LazyBackend:
     def __init__(self, factory):
         self.factory, self.backend = factory, None
 
-    def generate(self, items, cfg):
+    def generate(self, items, cfg, constraints=None):
         if self.backend is None:
             self.backend = self.factory()
-        return self.backend.generate(items, cfg)
+        if constraints is None:
+            return self.backend.generate(items, cfg)
+        return self.backend.generate(items, cfg, constraints=constraints)
 
 
 __all__ = ["SamplingConfig", "REASONS", "MARKUP", "BACKENDS", "default_format_prompt", "render_format_prompt",
            "easyr1_messages", "stage2_prompt", "conversation", "chat_template_matches",
            "degenerate_reason", "stage2_row", "load_image", "data_url", "TransformersBackend", "OpenAIBackend",
-           "VllmBackend", "make_backend", "paths_for", "rollout_proposals", "add_arguments", "run"]
+           "VllmBackend", "CONSTRAIN_MODES", "make_backend", "paths_for", "rollout_proposals", "add_arguments", "run"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from getok_core import GetokVocab, Instance, format_answer, format_offsets, parse_answer, parse_offsets
 from getok_core.cli import main as getok_main
 from getok_core.codec.grammar import (TASK_LINES, TASKS, grid_spec, id_ranges, int_range_regex, refine_spec,
-                                      to_lark, to_regex, tokenizer_ids)
+                                      spec_from_json, spec_to_json, to_lark, to_regex, tokenizer_ids)
 from getok_core.codec.instance import anchors, encode_instance
 from getok_core.models.constrained import GetokAutomaton, token_table
 from getok_core.rewards.answers import cells_kinds
@@ -359,3 +359,21 @@ def test_grammar_command(tmp_path, capsys):
     lark = capsys.readouterr().out
     assert lark == to_lark(refine_spec(GetokVocab(32), TURN1, think=True), tok.ids)
     assert "r1: offset_o free offset_c" in lark
+
+
+@settings(max_examples=100, deadline=None)
+@given(grids, st.sampled_from(TASKS), st.integers(1, 3), st.integers(3, 5), st.booleans(), st.booleans())
+def test_spec_json_round_trip(n, task, k, p, think, allow_none):
+    assume(task != "poly" or n * n >= 3)
+    spec = grid_spec(GetokVocab(n), task, max_instances=k, max_points=p, think=think, allow_none=allow_none)
+    assert spec_from_json(spec_to_json(spec)) == spec
+    refine = refine_spec(GetokVocab(32), "<answer><box><grid1,1><grid3,3></box><seg><grid2,2></seg></answer>")
+    assert spec_from_json(spec_to_json(refine)) == refine
+
+
+@pytest.mark.parametrize("text", ["", "[]", '{"grid_size": 32}', '{"grid_size": "x", "offset_rounds": 1}',
+                                  '{"grid_size":32,"offset_rounds":1,"think":false,"elements":[["blob",1,2]],'
+                                  '"any_subset":false,"max_instances":1,"allow_none":true,"refine":null}'])
+def test_spec_json_refuses_other_text(text):
+    with pytest.raises(ValueError, match="not a GETok answer spec"):
+        spec_from_json(text)

@@ -299,3 +299,31 @@ def test_server_request_carries_the_regex(tmp_path):
     assert [b["structured_outputs"]["regex"] for b in bodies] == want
     assert [b["structured_outputs_regex"] for b in bodies] == want
     assert all(re.fullmatch(w, a) for w, a in zip(want, answers))
+
+
+def test_vllm_request_mask_masks_as_the_transformers_processor(model):
+    """``models.vllm_constrained.RequestMask`` (vLLM's per-request processor, fed the growing list
+    of generated ids) allows exactly what ``GetokLogitsProcessor`` allows, token after token, along
+    a sampled answer; it leaves the logits alone once the answer is done."""
+    from getok_core.codec.grammar import spec_from_json, spec_to_json
+    from getok_core.models.vllm_constrained import RequestMask
+
+    _, proc = model
+    spec = spec_from_json(spec_to_json(grid_spec(VOCAB, "seg", MAX_INSTANCES, MAX_POINTS)))
+    lp = GetokLogitsProcessor(spec, proc.tokenizer, eos_token_id=IM_END)
+    mask = RequestMask(lp.automaton())
+    gen = torch.Generator().manual_seed(0)
+    prompt, out = [1, 2, 3], []
+    for _ in range(lp.max_length()):
+        logits = torch.randn(len(proc.tokenizer) + 7, generator=gen)
+        want = lp(torch.tensor([prompt + out]), logits[None].clone())[0]
+        got = mask(out, logits.clone())
+        assert torch.equal(torch.isfinite(want), torch.isfinite(got))
+        assert torch.equal(got[torch.isfinite(got)], logits[torch.isfinite(got)])
+        tok = int(torch.multinomial(torch.softmax(got, -1), 1, generator=gen))
+        out.append(tok)
+        if tok == IM_END:
+            break
+    assert out[-1] == IM_END and parse_answer(proc.tokenizer.decode(out[:-1]), VOCAB).valid
+    free = torch.randn(10)
+    assert mask(out + [5], free) is free  # done: untouched
