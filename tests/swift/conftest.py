@@ -302,13 +302,19 @@ def teach_refinable(d: Path, model: str, model_type: str, image: str, steps: int
     return str(sorted((d / "sft").glob("v*/checkpoint-*"))[-1])
 
 
-@pytest.fixture(scope="session", params=list(OTHER_FAMILIES))
+#: The families whose GRPO and rollout tests run (each needs one full-parameter SFT first, ~1 min):
+#: Qwen3-VL. Qwen2-VL shares the scheduler, rewards and rollout code with it and Qwen2.5-VL, and its
+#: template and tuner paths run in its CLI chain (``family_cli``); dropped here for CI time.
+REFINABLE_FAMILIES = ("qwen3_vl",)
+
+
+@pytest.fixture(scope="session", params=REFINABLE_FAMILIES)
 def family_refinable(request, work, family_model, images, plugin):
     """(family, checkpoint): another family's tiny model taught the refinable turn 1 (``teach_refinable``)."""
     from getok_core.models.tiny_model import family
 
     fam = family(request.param)
-    # 60 steps: 30 (enough for the tiny Qwen2.5-VL) left the tiny Qwen2-VL answering "<answer>" alone
+    # 60 steps: 30 (enough for the tiny Qwen2.5-VL) once left the tiny Qwen2-VL answering "<answer>" alone
     ckpt = teach_refinable(work / f"refinable-{fam.name}", family_model(fam.name, OTHER_FAMILIES[fam.name]),
                            fam.model_type, images["mem"], steps=60)
     return fam, ckpt
