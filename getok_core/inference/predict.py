@@ -155,7 +155,8 @@ def run(args) -> int:
                 counts["rounds"] += pred.rounds_done
                 rec.update(valid=pred.valid, constrained=pred.constrained, no_target=pred.no_target,
                            instances=len(pred.instances), rounds_done=pred.rounds_done,
-                           stop_reason=pred.stop_reason, turns=pred.turns,
+                           stop_reason=pred.stop_reason, response=pred.turns[0] if pred.turns else "",
+                           turns=pred.turns,
                            files={kind: p.name for kind, p in files.items()})
             records.append(rec)
             bar.update(1)

@@ -1,7 +1,8 @@
 """Queries to predict, and a backend that replays answers produced elsewhere.
 
 ``Query``: one (image, query, task) to ask, from ``--image``/``--query`` or a JSONL of
-``{"image", "query"[, "task"][, "prompt"]}`` rows (``read_queries``).
+``{"image", "query"[, "task"][, "prompt"]}`` rows, or the EasyR1 rows of ``getok prepare``
+(``DIR/easyr1/SPLIT.jsonl``: the prompt, the image, the task of the ground truth) (``read_queries``).
 
 ``ReplayBackend``: the ``rollout`` backend protocol (``generate(items, cfg)``) answering from
 stored model turns instead of a model: one scripted dialogue for every prompt
@@ -20,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import groundtruth
 from ..data.writers import IMAGE_TAG
 from ..models.rollout import IM_END, IM_START
 from .predictor import user_prompt
@@ -124,6 +126,16 @@ def _row_query(row, where: str, base: Path, task: str) -> tuple[Query, list[str]
         q = Query(image, prompt.replace(IMAGE_TAG, "").strip(), row.get("task", task), prompt=prompt, where=where)
         turns = [row["response"]] if isinstance(row.get("response"), str) else None
         return q, turns
+    if "prompt" in row and "images" in row and "query" not in row:  # an EasyR1 row of `getok prepare`
+        try:
+            gt_task = groundtruth.loads(row["answer"], strict=True)["task"] if "answer" in row else task
+        except ValueError as exc:
+            raise ValueError(f"{where}: field 'answer': {exc}") from None
+        prompt = row["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        image = _image_path(row.get("images"), base, where + " field 'images'")
+        return Query(image, prompt.replace(IMAGE_TAG, "").strip(), gt_task, prompt=prompt, where=where), None
     if not isinstance(row.get("query"), str) or not row["query"].strip():
         raise ValueError(f"{where}: field 'query' must be a non-empty string")
     turns = row.get("answers", [row["answer"]] if "answer" in row else None)

@@ -191,3 +191,39 @@ def test_sample_queries(tmp_path):
     qs = sample_queries(tmp_path / "sample")
     assert {t for _, _, t in qs} == {"seg", "box", "point", "line"}
     assert all((tmp_path / "sample").as_posix() in im for im, _, _ in qs)
+
+
+def test_easyr1_rows_as_queries_then_eval(tmp_path):
+    """`getok predict --input DIR/easyr1/SPLIT.jsonl` asks each row's own prompt with its ground
+    truth's task; predictions.jsonl's ``response`` (the turn-1 answer) is what `getok eval --pred`
+    scores, matched in order."""
+    from getok_core.data import groundtruth
+    from getok_core.inference.replay import read_queries
+
+    data = tmp_path / "data"
+    assert getok_main(["prepare", "--dataset", "sample", "--out", str(data), "--split", "val", "--formats", "easyr1",
+                       "--no-progress"]) == 0
+    path = data / "easyr1" / "val.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    queries = read_queries(path)
+    assert len(queries) == len(rows)
+    for q, row in zip(queries, rows):
+        assert q.prompt == row["prompt"] and q.image == row["images"][0]
+        assert q.task == groundtruth.loads(row["answer"], strict=True)["task"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[0], "answer": "{"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'answer'"):
+        read_queries(bad)
+    # replayed answers written by predict, scored by eval: every answer <none> -> validity 1, one row per gt
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"image": q.image, "query": q.query, "task": q.task, "prompt": q.prompt,
+                                          "answer": "<answer><none></answer>"}) + "\n" for q in queries))
+    assert getok_main(["predict", "--replay", str(replay), "--decoder", "region", "--out", str(tmp_path / "p"),
+                       "--no-progress"]) == 0
+    preds = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["response"] for p in preds] == ["<answer><none></answer>"] * len(rows)
+    assert getok_main(["eval", "--pred", str(tmp_path / "p" / "predictions.jsonl"), "--data", str(data),
+                       "--split", "val", "--out", str(tmp_path / "report"), "--decoder", "region"]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["_meta"]["missing_predictions"] == 0
+    assert all(v["format_validity"] == 1.0 for k, v in metrics.items() if not k.startswith("_"))

@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ _PARSERS: dict = {}
 
 def dry_run(recipe: str, tmp_path: Path, **env) -> list[list[str]]:
     """The commands RECIPE would run: one argv per printed line."""
-    full = {**os.environ, "DRY_RUN": "1", **{k: str(v) for k, v in env.items()}}
+    # the environment's bin first, as in an activated venv (eval.sh CONSTRAINED=1 runs `getok grammar`)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    full = {**os.environ, "PATH": path, "DRY_RUN": "1", **{k: str(v) for k, v in env.items()}}
     proc = subprocess.run(["bash", str(REPO / "recipes" / recipe)], cwd=tmp_path, env=full,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -155,6 +158,17 @@ def test_eval_and_sft_recipe_args(tmp_path):
     assert ns[1].val_dataset == ["/data/v/swift/testA.jsonl"] and ns[0].infer_backend == "vllm"
     cmds = swift_commands(dry_run("eval.sh", tmp_path, ADAPTERS="/ck/checkpoint-3", INFER_BACKEND="transformers"))
     assert check_args("infer", cmds[0][2]).adapters == ["/ck/checkpoint-3"]
+    # CONSTRAINED=1: the grammar's regex, as `getok grammar` prints it, through ms-swift's vLLM engine
+    from getok_core.codec.grammar import grid_spec, to_regex
+    from getok_core.codec.vocab import GetokVocab
+
+    cmds = swift_commands(dry_run("eval.sh", tmp_path, CONSTRAINED=1, CONSTRAIN_TASK="seg", CONSTRAIN_MAX_INSTANCES=4,
+                                  CONSTRAIN_MAX_POINTS=16, CONSTRAIN_THINK=1))
+    regex = check_args("infer", cmds[0][2]).structured_outputs_regex
+    assert regex == to_regex(grid_spec(GetokVocab(32), "seg", max_instances=4, max_points=16, think=True))
+    proc = subprocess.run(["bash", str(REPO / "recipes" / "eval.sh")], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "DRY_RUN": "1", "CONSTRAINED": "1", "INFER_BACKEND": "transformers"})
+    assert proc.returncode == 2 and "CONSTRAINED=1 needs INFER_BACKEND=vllm" in proc.stderr
     # the existing SFT recipe prints one line too: its flags are checked the same way
     proc = subprocess.run(["bash", str(REPO / "recipes" / "sft_swift.sh")], env={**os.environ, "DRY_RUN": "1"},
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)

@@ -58,10 +58,10 @@ def getok_model(work) -> str:
 
 @pytest.fixture(scope="session")
 def prepared(work) -> Path:
-    """`getok prepare` of the bundled sample (region proposals), EasyR1 files."""
+    """`getok prepare` of the bundled sample (region proposals), ms-swift and EasyR1 files."""
     out = work / "prepared"
     subprocess.run([sys.executable, "-m", "getok_core.cli", "prepare", "--dataset", "sample", "--out", str(out),
-                    "--formats", "easyr1", "--workers", "1", "--no-progress"], check=True, cwd=ROOT, timeout=600)
+                    "--formats", "swift,easyr1", "--workers", "1", "--no-progress"], check=True, cwd=ROOT, timeout=600)
     return out
 
 

