@@ -90,7 +90,7 @@ if [ "$constrained" = "1" ]; then
     --max-points 8 --decoder region --out "$out/constrained" --no-progress
   getok eval --pred "$out/constrained/predictions.jsonl" --data "$out/data" --split val \
     --out "$out/report_constrained" --decoder region
-  echo "format validity: $(validity "$out/report/metrics.json") unconstrained (swift infer), " \
+  echo "format validity: $(validity "$out/report/metrics.json") unconstrained (swift infer)," \
        "$(validity "$out/report_constrained/metrics.json") with the grammar on (getok predict --constrained)"
 fi
 
