@@ -4,7 +4,6 @@ one offline vLLM engine shared by the module's tests (an engine start costs ~80 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +23,11 @@ def work(tmp_path_factory):
     import vllm  # noqa: F401  (the vllm environment: a missing vLLM fails, never skips)
 
     root = tmp_path_factory.mktemp("getok_vllm")
-    env = dict(VLLM_ENV, GETOK_VLLM_WORK=str(root))  # test_vllm.report's default folder
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    mp = pytest.MonkeyPatch()
+    for k, v in dict(VLLM_ENV, GETOK_VLLM_WORK=str(root)).items():  # GETOK_VLLM_WORK: test_vllm.report's folder
+        mp.setenv(k, v)
     yield root
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    mp.undo()
 
 
 @pytest.fixture(scope="session")
