@@ -17,6 +17,14 @@ tokens (``response_mask`` 1) and the inserted user turns (mask 0); the reward is
 as ``reward_score`` so verl runs no reward manager for these rows; its components go to
 ``extra_fields["reward_extra_info"]``, a fixed set of keys per stage (``frameworks.flatten``),
 which verl logs.
+
+``constrain`` (opt-in, docs/grammar.md: a mask changes the sampling distribution while the trainer's
+log-probs are unmasked): ``refine`` decodes each refinement turn under ``codec.grammar.refine_spec``
+of the instances it refines (one ``<OFF..>`` / ``<DELETE>`` per point), ``all`` also turn 1 under
+the grid grammar of the row's task (``constraint``: ``codec.grammar.Constraint``'s fields). The
+spec goes to the server in ``sampling_params["extra_args"]`` (``models.vllm_constrained.request_args``),
+which verl's vLLM server passes to ``SamplingParams``; the engine needs GETok's logits processor
+(``actor_rollout_ref.rollout.engine_kwargs.vllm.logits_processors=[FQCN]``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
 
+from getok_core.codec.grammar import Constraint, refine_spec
+from getok_core.data import groundtruth
 from getok_core.models.tokens import KeepGetokTokens
+from getok_core.models.vllm_constrained import request_args
 from getok_core.rewards import setup_from_kwargs
 from getok_core.rewards.dialogue import advance, dialogue_over, refine_message, start_refinement
 from getok_core.rewards.frameworks import check_stage, flatten, score_batch, set_once
@@ -42,6 +53,8 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 #: Why a dialogue stopped before its last round, beyond ``dialogue.STOP_REASONS``: the
 #: ``response_length`` budget ran out (a model turn was cut, or no room was left for the next one).
 LENGTH = "length"
+#: ``constrain`` values: no turn, the refinement turns, every turn.
+CONSTRAIN = ("none", "refine", "all")
 
 
 @register("getok_refine")
@@ -56,7 +69,7 @@ class GetokRefineAgentLoop(AgentLoopBase):
     on a bad stage, rounds or reward kwargs."""
 
     def __init__(self, *args, stage: str = "refine", rounds: int = 1, overlay: bool = False,
-                 reward_kwargs=None, **kwargs):
+                 reward_kwargs=None, constrain: str = "none", constraint=None, **kwargs):
         super().__init__(*args, **kwargs)
         try:
             check_stage(stage)
@@ -64,7 +77,14 @@ class GetokRefineAgentLoop(AgentLoopBase):
             raise ValueError(f"getok_refine: {exc}") from None
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"getok_refine: rounds must be an int >= 1, got {rounds!r}")
-        self.stage, self.rounds, self.overlay = stage, rounds, bool(overlay)
+        if constrain not in CONSTRAIN:
+            raise ValueError(f"getok_refine: constrain must be one of {list(CONSTRAIN)}, got {constrain!r}")
+        try:
+            self.constraint = Constraint(**_plain(constraint))
+        except TypeError as exc:
+            raise ValueError(f"getok_refine: constraint: {exc} (fields of getok_core.codec.grammar.Constraint)") \
+                from None
+        self.stage, self.rounds, self.overlay, self.constrain = stage, rounds, bool(overlay), constrain
         self.setup = setup_from_kwargs(set_once(_plain(reward_kwargs), "stage", stage, "getok_refine's stage",
                                                 "its reward_kwargs"))
         self.response_length = self.rollout_config.response_length
@@ -83,14 +103,15 @@ class GetokRefineAgentLoop(AgentLoopBase):
         dlg = _Dialogue(ids=await self.ct_build_initial_tokens(messages, images=images), images=images,
                         request_id=f"det-{priority}" if full_det else uuid4().hex, priority=priority)
 
-        turns = [await self._model_turn(dlg, sampling_params)]
+        turns = [await self._model_turn(dlg, sampling_params, self._turn1_spec(truth))]
         state = start_refinement(turns[0], self.setup.vocab)
         limit = 1 + self.rounds if self.stage == "refine" else 1
         while not dialogue_over(state, len(turns), limit, dlg.cut):
             messages.append({"role": "assistant", "content": turns[-1]})
             if not await self._user_turn(dlg, messages, state):
                 break
-            turns.append(await self._model_turn(dlg, sampling_params))
+            spec = refine_spec(self.setup.vocab, state.instances) if self.constrain != "none" else None
+            turns.append(await self._model_turn(dlg, sampling_params, spec))
             state = advance(state, turns[-1], self.setup.vocab)
 
         with simple_timer("compute_score", dlg.metrics):  # a mask decoder may be slow: off the event loop
@@ -108,15 +129,29 @@ class GetokRefineAgentLoop(AgentLoopBase):
             reward_score=float(result.overall), num_turns=1 + dlg.model_turns + dlg.user_turns,
             metrics=dlg.metrics, extra_fields=extra)
 
-    async def _model_turn(self, dlg: "_Dialogue", sampling_params: dict) -> str:
-        """Generate one model turn within the remaining budget, append it; its text."""
+    def _turn1_spec(self, truth):
+        """The grid spec of turn 1 under ``constrain: all`` (the task of the row's ground truth), else None."""
+        if self.constrain != "all":
+            return None
+        try:
+            task = groundtruth.loads(truth, strict=True)["task"]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"getok_refine: constrain: all needs the row's ground truth (its task): {exc}") from None
+        return self.constraint.turn1(self.setup.vocab, task)
+
+    async def _model_turn(self, dlg: "_Dialogue", sampling_params: dict, spec=None) -> str:
+        """Generate one model turn within the remaining budget, append it; its text. ``spec``
+        (``codec.grammar.AnswerSpec``): the turn is asked under it (``extra_args``)."""
         budget = self.response_length - len(dlg.mask)
         if budget < 1:
             dlg.cut = True
             return ""
+        params = {**sampling_params, "max_tokens": budget}
+        if spec is not None:
+            params["extra_args"] = {**(params.get("extra_args") or {}), **request_args(spec)}
         with simple_timer("generate_sequences", dlg.metrics):
             out = await self.server_manager.generate(
-                request_id=dlg.request_id, prompt_ids=dlg.ids, sampling_params={**sampling_params, "max_tokens": budget},
+                request_id=dlg.request_id, prompt_ids=dlg.ids, sampling_params=params,
                 image_data=dlg.images, mm_processor_kwargs=self._get_mm_processor_kwargs(), priority=dlg.priority)
         tokens = list(out.token_ids)[:budget]  # a server may ignore max_tokens: keep the budget
         if out.log_probs and not dlg.mask:

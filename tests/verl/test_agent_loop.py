@@ -77,7 +77,8 @@ class ScriptedServer:
         ids = self.tok.encode(self.scripts[expr][turn], add_special_tokens=False) + [self.tok.convert_tokens_to_ids(IM_END)]
         ids = ids[:sampling_params["max_tokens"]]
         self.calls.append({"expr": expr, "turn": turn, "request_id": request_id, "ids": list(prompt_ids),
-                           "max_tokens": sampling_params["max_tokens"], "images": list(image_data or [])})
+                           "max_tokens": sampling_params["max_tokens"], "images": list(image_data or []),
+                           "extra_args": sampling_params.get("extra_args")})
         lps = [self.logprob] * len(ids) if sampling_params.get("logprobs") and self.logprob is not None else None
         return TokenOutput(token_ids=ids, log_probs=lps, stop_reason="completed")
 
@@ -136,7 +137,9 @@ def yaml_path(tmp_path_factory):
     variants = [dict(entry, name="g_refine"), dict(entry, name="g_grid", stage="grid"),
                 dict(entry, name="g_rounds2", rounds=2), dict(entry, name="g_overlay", overlay=True),
                 dict(entry, name="g_fallback", reward_kwargs={"grid_size": 10, "decoder": "ray", "app": "absent",
-                                                              "timeout_s": 5, "fallback": "region"})]
+                                                              "timeout_s": 5, "fallback": "region"}),
+                dict(entry, name="g_constrained", constrain="all",
+                     constraint={"max_instances": 2, "max_points": 4, "think": True})]
     path = tmp_path_factory.mktemp("yaml") / "agent_loop.yaml"
     OmegaConf.save(OmegaConf.create(base + variants), path)
     return str(path)
@@ -200,7 +203,8 @@ def test_registered_and_yaml_matches_the_constructor():
     sig = inspect.signature(GetokRefineAgentLoop.__init__).parameters
     assert entry == {"name": REFINE_AGENT, "_target_": "easyr1_plugin.agent_loop.GetokRefineAgentLoop",
                      "stage": sig["stage"].default, "rounds": sig["rounds"].default,
-                     "overlay": sig["overlay"].default, "reward_kwargs": {}}
+                     "overlay": sig["overlay"].default, "reward_kwargs": {},
+                     "constrain": sig["constrain"].default, "constraint": {}}
 
 
 def test_bad_loop_arguments_raise_before_any_rollout(monkeypatch):
@@ -219,6 +223,10 @@ def test_bad_loop_arguments_raise_before_any_rollout(monkeypatch):
         GetokRefineAgentLoop(rounds=0)
     with pytest.raises(ValueError, match="bogus"):
         GetokRefineAgentLoop(reward_kwargs={"bogus": 1})
+    with pytest.raises(ValueError, match="constrain must be one of"):
+        GetokRefineAgentLoop(constrain="yes")
+    with pytest.raises(ValueError, match="constraint: .*max_cells"):
+        GetokRefineAgentLoop(constraint={"max_cells": 3})
 
 
 def test_two_turn_refinement(model_dir, yaml_path, image_path, tmp_path):
@@ -428,3 +436,23 @@ def test_sam_service_fallback_is_logged_on_every_trajectory(model_dir, yaml_path
     assert [reward(out, i) for i in range(2)] == pytest.approx([r.overall for r in want])
     assert "mask_gain" in out.meta_info["reward_extra_keys"] and "mask_fallback" in out.meta_info["reward_extra_keys"]
     assert list(out.non_tensor_batch["mask_fallback"]) == [1.0, 0.0]  # the junk turn 1 decoded nothing
+
+
+def test_constrained_turns_carry_their_grammar(model_dir, yaml_path, image_path, tmp_path):
+    """``constrain: all``: turn 1 is asked under the grid grammar of the row's task, the refinement
+    turn under ``refine_spec`` of turn 1's instances, both as ``extra_args`` (what verl's vLLM server
+    hands to ``SamplingParams`` and GETok's vLLM logits processor reads); the default asks none."""
+    from getok_core.codec.grammar import Constraint, refine_spec
+    from getok_core.models.vllm_constrained import request_args
+
+    server = ScriptedServer(_tokenizer(model_dir), {"the square": [PROPOSAL, offs((-1, 0))],
+                                                    "the other": [PROPOSAL, offs((1, 0))]})
+    rows = [row(image_path, "the square", "g_constrained", index=0), row(image_path, "the other", "g_refine", index=1)]
+    worker, out = run_rows(make_config(model_dir, yaml_path), server, rows, tmp_path)
+    calls = {(c["expr"], c["turn"]): c["extra_args"] for c in server.calls}
+    vocab = GetokVocab(10)  # the loop's: reward_kwargs grid_size 10, one offset round
+    turn1 = Constraint(max_instances=2, max_points=4, think=True).turn1(vocab, "seg")
+    assert calls["the square", 0] == request_args(turn1)
+    assert calls["the square", 1] == request_args(refine_spec(vocab, PROPOSAL))
+    assert calls["the other", 0] is None and calls["the other", 1] is None
+    assert [out.non_tensor_batch["__num_turns__"][i] for i in range(2)] == [4, 4]
