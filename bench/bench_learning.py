@@ -1,17 +1,18 @@
 """Does GETok training learn? SFT, grid-vs-text and GRPO on the toy grounding task, on CPU.
 
-Everything runs through the real command lines, on a tiny random Qwen2.5-VL (``getok tiny-model``,
-the real Qwen2.5 tokenizer):
+Everything runs through the real command lines, on a tiny random model of ``--family`` (default
+Qwen3-VL; ``getok tiny-model``, the family's real tokenizer):
 
-1. data: ``getok sample --toy`` (1-3 shapes on a plain background, 112 px, one expression per
-   object, box task), ``getok prepare --dataset jsonl --grid-size G`` (swift, EasyR1 rows);
-2. SFT, grid tokens: ``swift sft`` full-parameter with the GETok plugin (``getok_qwen2_5_vl``),
+1. data: ``getok sample --toy`` (1-3 shapes on a plain background, 4 x 4 merged visual tokens: 128 px
+   for Qwen3-VL, 112 px for Qwen2.5-VL / Qwen2-VL, one expression per object, box task),
+   ``getok prepare --dataset jsonl --grid-size G`` (swift, EasyR1 rows);
+2. SFT, grid tokens: ``swift sft`` full-parameter with the GETok plugin (``getok_<family>``),
    a checkpoint every K steps; each is answered greedily on the held-out images by
    ``swift infer`` (no constrained decoding) and scored by ``getok eval`` (region decoder):
    format validity, box Acc@0.5, mean box IoU;
 3. SFT, plain-text coordinates: the same rows, model, steps and seed, with the answer written
-   Qwen2.5-VL style (``{"bbox_2d": [x1, y1, x2, y2]}``, absolute pixels) and the question asking
-   for it; scored by the same ``metrics.box_accuracy`` that ``getok eval`` calls (the paper's
+   ``{"bbox_2d": [x1, y1, x2, y2]}`` in the family's units (Qwen2.5-VL: absolute pixels; Qwen3-VL /
+   Qwen2-VL: 0-1000) and the question asking for it; scored by the same ``metrics.box_accuracy`` that ``getok eval`` calls (the paper's
    Table 9, grid vs text, in miniature);
 4. GRPO: ``swift rlhf --rlhf_type grpo`` from the last grid SFT checkpoint with the ``getok_grid``
    ORM, one run per seed; the mean ``getok_grid`` reward (``rewards.score_grid_batch``) of greedy
@@ -22,7 +23,7 @@ the held-out expressions. Writes ``OUT/results.md`` (the table), ``OUT/results.j
 ``OUT/curves.png``; prints the table and the wall time of every phase.
 
 Usage (swift environment; ``recipes/learning.sh`` runs it with the defaults):
-    python bench/bench_learning.py --out /tmp/learn [--steps 600 --eval-every 150 --seeds 0,1,2]
+    python bench/bench_learning.py --out /tmp/learn [--steps 2000 --eval-every 500 --seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ REPO = Path(__file__).resolve().parents[1]
 REGISTER = REPO / "swift_plugin" / "register.py"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "USE_HF": "1",
            "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
-MODEL_ARGS = ["--custom_register_path", str(REGISTER), "--model_type", "getok_qwen2_5_vl",
-              "--template", "getok_qwen2_5_vl"]
+#: family -> (toy image side: 4 x 4 merged visual tokens, plain-text box units: "pixels" (Qwen2.5-VL's
+#: absolute coordinates) or 1000 (Qwen3-VL / Qwen2-VL's 0-1000 relative coordinates))
+FAMILY_DEFAULTS = {"qwen2_5_vl": (112, "pixels"), "qwen3_vl": (128, 1000), "qwen2_vl": (112, 1000)}
+
+
+def model_args(family: str) -> list[str]:
+    return ["--custom_register_path", str(REGISTER), "--model_type", f"getok_{family}", "--template",
+            f"getok_{family}"]
 COMMON = ["--torch_dtype", "float32", "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
           "--dataset_num_proc", "1", "--split_dataset_ratio", "0", "--report_to", "none", "--save_only_model", "true"]
-TEXT_INSTRUCTION = 'Answer with its bounding box in pixels as JSON: {"bbox_2d": [x1, y1, x2, y2]}.'
+TEXT_INSTRUCTION = {"pixels": 'Answer with its bounding box in pixels as JSON: {"bbox_2d": [x1, y1, x2, y2]}.',
+                    1000: 'Answer with its bounding box in coordinates from 0 to 1000 as JSON: '
+                          '{"bbox_2d": [x1, y1, x2, y2]}.'}
 TEXT_BOX = re.compile(r'"bbox_2d"\s*:\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,'
                       r'\s*(-?\d+(?:\.\d+)?)\s*\]')
 
@@ -82,18 +91,24 @@ def write_jsonl(path, rows) -> None:
 
 
 # ---------------------------------------------------------------------- data
-def text_rows(swift_rows: list[dict], easyr1_rows: list[dict]) -> list[dict]:
+def text_scale(units, size: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) units per normalized coordinate: the image's pixels, or 1000."""
+    return (float(size[0]), float(size[1])) if units == "pixels" else (float(units), float(units))
+
+
+def text_rows(swift_rows: list[dict], easyr1_rows: list[dict], units="pixels") -> list[dict]:
     """The swift rows with plain-text coordinate answers: ``{"bbox_2d": [x1, y1, x2, y2]}`` in
-    absolute pixels of the image (Qwen2.5-VL style; 112 px images are not resized), the question's
-    answer instruction replaced by ``TEXT_INSTRUCTION``. Same order, same images."""
+    ``units``: absolute pixels of the image (Qwen2.5-VL style; the toy images are not resized) or
+    0-1000 relative coordinates (Qwen3-VL / Qwen2-VL style), the question's answer instruction
+    replaced by ``TEXT_INSTRUCTION[units]``. Same order, same images."""
     out = []
     for row, er in zip(swift_rows, easyr1_rows, strict=True):
         gt = json.loads(er["answer"])
-        w, h = gt["image_size"]
+        sx, sy = text_scale(units, gt["image_size"])
         u1, v1, u2, v2 = gt["targets"][0]["box"]
-        box = [round(u1 * w), round(v1 * h), round(u2 * w), round(v2 * h)]
+        box = [round(u1 * sx), round(v1 * sy), round(u2 * sx), round(v2 * sy)]
         q = row["messages"][0]["content"]
-        q = q[:q.index(". Answer with") + 1] + " " + TEXT_INSTRUCTION
+        q = q[:q.index(". Answer with") + 1] + " " + TEXT_INSTRUCTION[units]
         out.append({"messages": [{"role": "user", "content": q},
                                  {"role": "assistant", "content": json.dumps({"bbox_2d": box})}],
                     "images": row["images"]})
@@ -104,7 +119,7 @@ def prepare_data(out: Path, args, env: dict) -> dict:
     toy, prep = out / "toy", out / "prep"
     if not (prep / "swift" / "val.jsonl").exists():
         getok(["sample", "--toy", "--out", str(toy), "--toy-images", str(args.images), "--toy-val", str(args.val),
-               "--seed", "0"], out / "sample.log", env)
+               "--toy-size", str(args.toy_size), "--seed", "0"], out / "sample.log", env)
         getok(["prepare", "--dataset", "jsonl", "--root", str(toy / "data.jsonl"), "--out", str(prep),
                "--grid-size", str(args.grid_size), "--formats", "swift,easyr1", "--no-progress"],
               out / "prepare.log", env)
@@ -113,7 +128,7 @@ def prepare_data(out: Path, args, env: dict) -> dict:
          "val_gt": [json.loads(r["answer"]) for r in read_jsonl(prep / "easyr1" / "val.jsonl")],
          "train_gt": [json.loads(r["answer"]) for r in read_jsonl(prep / "easyr1" / "train.jsonl")]}
     for split in ("train", "val"):
-        rows = text_rows(read_jsonl(d[split]), read_jsonl(prep / "easyr1" / f"{split}.jsonl"))
+        rows = text_rows(read_jsonl(d[split]), read_jsonl(prep / "easyr1" / f"{split}.jsonl"), args.text_units)
         d[f"text_{split}"] = out / f"text_{split}.jsonl"
         write_jsonl(d[f"text_{split}"], rows)
     return d
@@ -137,7 +152,7 @@ def sft(model: str, data: Path, out: Path, args, seed: int, env: dict) -> list[t
     """Full-parameter ``swift sft``; (step, checkpoint) every ``eval_every`` steps."""
     out.mkdir(parents=True, exist_ok=True)
     if not list(out.glob(f"v*/checkpoint-{args.steps}")):
-        swift("sft", [*MODEL_ARGS, "--model", model, "--tuner_type", "full", "--freeze_vit", "false",
+        swift("sft", [*model_args(args.family), "--model", model, "--tuner_type", "full", "--freeze_vit", "false",
                       "--dataset", str(data), "--max_steps", str(args.steps), "--per_device_train_batch_size",
                       str(args.batch), "--gradient_accumulation_steps", "1", "--learning_rate", str(args.lr),
                       "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",
@@ -147,10 +162,10 @@ def sft(model: str, data: Path, out: Path, args, seed: int, env: dict) -> list[t
     return [(int(p.name.split("-")[1]), p) for p in ckpts]
 
 
-def infer(model: Path | str, val: Path, result: Path, env: dict, max_new_tokens: int = 32) -> list[str]:
+def infer(model: Path | str, val: Path, result: Path, env: dict, family: str, max_new_tokens: int = 32) -> list[str]:
     """Greedy ``swift infer`` answers to ``val``'s questions (no constrained decoding)."""
     result.unlink(missing_ok=True)  # --result_path appends
-    swift("infer", [*MODEL_ARGS, "--model", str(model), "--val_dataset", str(val), "--max_new_tokens",
+    swift("infer", [*model_args(family), "--model", str(model), "--val_dataset", str(val), "--max_new_tokens",
                     str(max_new_tokens), "--temperature", "0", "--max_batch_size", "32", "--torch_dtype", "float32",
                     "--result_path", str(result)], result.with_suffix(".log"), env)
     return [r["response"] for r in read_jsonl(result)]
@@ -167,10 +182,11 @@ def score_grid_answers(result: Path, prep: Path, grid_size: int, env: dict) -> d
     return {"valid": m["format_validity"], "Acc@0.5": m["box"]["Acc@0.5"], "mean_iou": m["box"]["mean_iou"]}
 
 
-def parse_text_box(text: str, size: tuple[int, int]):
+def parse_text_box(text: str, size: tuple[int, int], units="pixels"):
     """(normalized box or None, valid) of a plain-text answer: valid when the whole answer is one
-    ``{"bbox_2d": [x1, y1, x2, y2]}`` with x1 < x2, y1 < y2 inside the image. Never raises."""
-    w, h = size
+    ``{"bbox_2d": [x1, y1, x2, y2]}`` with x1 < x2, y1 < y2 inside the image (``units``: pixels or
+    1000, as ``text_rows`` wrote them). Never raises."""
+    w, h = text_scale(units, size)
     m = TEXT_BOX.search(text or "")
     if m is None:
         return None, False
@@ -183,10 +199,10 @@ def parse_text_box(text: str, size: tuple[int, int]):
     return [x1 / w, y1 / h, x2 / w, y2 / h], valid
 
 
-def score_text_answers(responses: list[str], val_gt: list[dict]) -> dict:
+def score_text_answers(responses: list[str], val_gt: list[dict], units="pixels") -> dict:
     from getok_core.evaluation.metrics import box_accuracy
 
-    parsed = [parse_text_box(r, tuple(g["image_size"])) for r, g in zip(responses, val_gt, strict=True)]
+    parsed = [parse_text_box(r, tuple(g["image_size"]), units) for r, g in zip(responses, val_gt, strict=True)]
     acc = box_accuracy([p for p, _ in parsed], [[t["box"] for t in g["targets"]] for g in val_gt])
     return {"valid": sum(v for _, v in parsed) / len(parsed), "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"]}
 
@@ -205,7 +221,7 @@ def grpo(ckpt: Path, data: Path, out: Path, args, seed: int, env: dict) -> tuple
     the logged mean training reward per step."""
     out.mkdir(parents=True, exist_ok=True)
     if not list(out.glob(f"v*/checkpoint-{args.grpo_steps}")):
-        swift("rlhf", ["--rlhf_type", "grpo", "--use_vllm", "false", *MODEL_ARGS, "--model", str(ckpt),
+        swift("rlhf", ["--rlhf_type", "grpo", "--use_vllm", "false", *model_args(args.family), "--model", str(ckpt),
                        "--tuner_type", "full", "--reward_funcs", "getok_grid", "--dataset", str(data),
                        "--max_steps", str(args.grpo_steps), "--num_generations", str(args.generations),
                        "--per_device_train_batch_size", str(2 * args.generations), "--gradient_accumulation_steps",
@@ -297,9 +313,9 @@ def curve(name: str, ckpts, d: dict, work: Path, args, env: dict, model: str) ->
     for step, ck in [(0, Path(model)), *ckpts]:
         result = work / f"infer_{step}.jsonl"
         done = result.exists() and len(read_jsonl(result)) == len(d["val_gt"])  # a rerun reuses answers
-        responses = [r["response"] for r in read_jsonl(result)] if done else infer(ck, val, result, env)
+        responses = [r["response"] for r in read_jsonl(result)] if done else infer(ck, val, result, env, args.family)
         s = (score_grid_answers(result, d["prep"], args.grid_size, env) if name == "grid"
-             else score_text_answers(responses, d["val_gt"]))
+             else score_text_answers(responses, d["val_gt"], args.text_units))
         out.append({"step": step, **s})
         print(f"  {name} step {step}: {s}", flush=True)
     return out
@@ -308,24 +324,31 @@ def curve(name: str, ckpts, d: dict, work: Path, args, env: dict, model: str) ->
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--images", type=int, default=400, help="toy images (default 400)")
-    p.add_argument("--val", type=int, default=30, help="held-out toy images (default 30)")
+    p.add_argument("--images", type=int, default=1000, help="toy images (default 1000)")
+    p.add_argument("--val", type=int, default=50, help="held-out toy images (default 50)")
     p.add_argument("--grid-size", type=int, default=16)
-    p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=100, help="SFT steps (default 100)")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--steps", type=int, default=600, help="SFT steps (default 600)")
+    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--sft-seeds", default="0", help="comma list (default 0)")
     p.add_argument("--seeds", default="0", help="GRPO seeds, comma list (default 0)")
     p.add_argument("--grpo-steps", type=int, default=8)
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--grpo-lr", type=float, default=1e-4)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process (default 1: a loaded CPU runs many threads far slower)")
+    p.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILY_DEFAULTS),
+                   help="tiny model family (default qwen3_vl: its vision tower has learned absolute positions)")
+    p.add_argument("--toy-size", type=int, default=None,
+                   help="toy image side in px (default: 4 x 4 merged visual tokens, 128 for qwen3_vl, else 112)")
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads per process (default 2; more threads than free cores run far slower)")
     p.add_argument("--no-text", action="store_true", help="skip the plain-text coordinate run")
     args = p.parse_args(argv)
+    args.toy_size = args.toy_size or FAMILY_DEFAULTS[args.family][0]
+    args.text_units = FAMILY_DEFAULTS[args.family][1]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **OFFLINE, GETOK_GRID_SIZE=str(args.grid_size), MODELSCOPE_CACHE=str(out / ".ms"),
@@ -337,15 +360,17 @@ def main(argv=None) -> int:
     wall["data"] = time.time() - t0
     res = {"args": vars(args), "wall": wall, "n_val": len(d["val_gt"]),
            "config": f"{len(d['train_gt'])} train rows, {args.images - args.val} images, grid {args.grid_size}, "
-                     f"hidden {args.hidden_size} x {args.layers} layers (tied), batch {args.batch}, lr {args.lr}",
+                     f"{args.toy_size} px, tiny {args.family} hidden {args.hidden_size} x {args.layers} layers (tied), "
+                     f"vision {args.vision_hidden}, batch {args.batch}, lr {args.lr}",
            "baseline": constant_box_baseline(d["train_gt"], d["val_gt"])}
     print(f"baseline: {res['baseline']}", flush=True)
     last_grid = None
     for seed in [int(s) for s in args.sft_seeds.split(",")]:
         model = out / f"tiny_s{seed}"
         if not (model / "config.json").exists():
-            getok(["tiny-model", "--out", str(model), "--seed", str(seed), "--hidden-size", str(args.hidden_size),
-                   "--layers", str(args.layers), "--tie-word-embeddings"], out / "tiny.log", env)
+            getok(["tiny-model", "--out", str(model), "--family", args.family, "--seed", str(seed), "--hidden-size",
+                   str(args.hidden_size), "--layers", str(args.layers), "--vision-hidden", str(args.vision_hidden),
+                   "--tie-word-embeddings"], out / "tiny.log", env)
         for name in ("grid",) + (() if args.no_text else ("text",)):
             t = time.time()
             work = out / f"{name}_s{seed}"
@@ -363,7 +388,7 @@ def main(argv=None) -> int:
     res["grpo"] = {}
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         ck, rewards = grpo(last_grid, d["grpo"], out / f"grpo_s{seed}", args, seed, env)
-        responses = infer(ck, d["val"], out / f"grpo_s{seed}" / "infer.jsonl", env)
+        responses = infer(ck, d["val"], out / f"grpo_s{seed}" / "infer.jsonl", env, args.family)
         res["grpo"][seed] = {"after": held_out_reward(responses, d["val_gt"], args.grid_size),
                              "train_rewards": rewards}
         print(f"  GRPO seed {seed}: before {res['grpo_before']:.3f} after {res['grpo'][seed]['after']:.3f}",

@@ -2,7 +2,7 @@
 # GETok GRPO with ms-swift (swift rlhf --rlhf_type grpo, vLLM colocated), both stages, the paper's
 # setup: Qwen2.5-VL-7B from the cold-start model, 8 GPUs, 16 prompts x 8 sampled answers per step
 # (NPROC x PER_DEVICE_BATCH x GRAD_ACCUM = 128 completions), a KL penalty (beta) to the starting
-# policy (getok_lora trains an adapter: ms-swift's reference is the model with the adapter off).
+# policy (LoRA trains an adapter: ms-swift's reference is the model with the adapter off).
 #   stage grid:   one turn, reward getok_grid (docs/rewards.md)
 #   stage refine: GETok's multi-turn scheduler (--multi_turn_scheduler getok_refine --max_turns
 #                 ROUNDS+1): turn 1 the grid proposal, then the refinement request, turn 2 the offsets;
@@ -64,6 +64,13 @@ ATTN_IMPL=${ATTN_IMPL:-sdpa}
 DTYPE=${DTYPE:-bfloat16}
 
 # --- GRPO
+# TUNER: lora (default) trains LoRA on the language model; the GETok rows stay at the starting merged
+# model's values (the cold start trained them), and ms-swift's weight sync to the colocated vLLM
+# carries the merged LoRA. getok_lora also trains the GETok rows, but ms-swift 4.6 syncs them to vLLM
+# under peft's token_adapter names, which vLLM's loader rejects: the plugin refuses getok_lora with
+# USE_VLLM=1, use it with USE_VLLM=0 (transformers rollouts, far slower; docs/swift.md).
+TUNER=${TUNER:-lora}
+USE_VLLM=${USE_VLLM:-1}
 LORA_RANK=${LORA_RANK:-64}
 LORA_ALPHA=${LORA_ALPHA:-128}
 LR=${LR:-1e-5}                                # a LoRA rate; the paper's value was lost in extraction
@@ -166,13 +173,11 @@ for stage in $STAGES; do
     --rlhf_type grpo
     --custom_register_path "$REPO/swift_plugin/register.py"
     --model "$model" --model_type "$MODEL_TYPE" --template "$TEMPLATE"
-    --tuner_type getok_lora --target_modules all-linear
+    --tuner_type "$TUNER" --target_modules all-linear
     --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA"
     --dataset "${DATASETS[@]}" --split_dataset_ratio 0
     --torch_dtype "$DTYPE" --attn_impl "$ATTN_IMPL"
-    --use_vllm true --vllm_mode colocate
-    --vllm_gpu_memory_utilization "$VLLM_GPU_MEM" --vllm_tensor_parallel_size "$VLLM_TP"
-    --vllm_max_model_len "$VLLM_MAX_LEN" --sleep_level 1 --offload_model true --offload_optimizer true
+    --offload_model true --offload_optimizer true
     --num_generations "$NUM_GENERATIONS" --temperature "$TEMPERATURE" --beta "$BETA"
     --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM"
     --learning_rate "$LR" --weight_decay "$WEIGHT_DECAY" --warmup_ratio 0
@@ -181,6 +186,12 @@ for stage in $STAGES; do
     --dataloader_num_workers 4 --dataset_num_proc 8 --report_to "$REPORT_TO" --seed "$SEED"
     --output_dir "$OUT/$stage" --add_version false --create_checkpoint_symlink true
   )
+  if [ "$USE_VLLM" = "1" ]; then
+    args+=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization "$VLLM_GPU_MEM"
+      --vllm_tensor_parallel_size "$VLLM_TP" --vllm_max_model_len "$VLLM_MAX_LEN" --sleep_level 1)
+  else
+    args+=(--use_vllm false)
+  fi
   case "$stage" in
     grid)
       args+=(--reward_funcs getok_grid --max_completion_length "$GRID_COMPLETION")

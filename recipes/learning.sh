@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Does GETok training learn? The toy grounding bench on CPU (bench/bench_learning.py):
-#   1. the toy dataset (getok sample --toy: 1-3 shapes on a plain background, 112 px) and
-#      getok prepare --dataset jsonl at grid 16,
-#   2. swift sft (full parameters, a tiny random Qwen2.5-VL from getok tiny-model) with GETok grid
+#   1. the toy dataset (getok sample --toy: 1-3 shapes on a plain background, 4 x 4 visual tokens:
+#      128 px for Qwen3-VL, 112 px for Qwen2.5-VL / Qwen2-VL) and getok prepare --dataset jsonl at grid 16,
+#   2. swift sft (full parameters, a tiny random model of FAMILY from getok tiny-model) with GETok grid
 #      answers, scored every EVAL_EVERY steps on held-out images by swift infer + getok eval,
-#   3. the same SFT with plain-text pixel boxes ({"bbox_2d": [x1, y1, x2, y2]}), same metrics,
+#   3. the same SFT with plain-text boxes ({"bbox_2d": [x1, y1, x2, y2]}, the family's units), same metrics,
 #   4. swift rlhf --rlhf_type grpo with the getok_grid ORM from the last grid checkpoint, one run
 #      per seed: the held-out getok_grid reward before and after.
 # Writes $OUT/results.md (the table), results.json and curves.png (docs/training.md, "Does it learn?").
 #
 #   bash recipes/learning.sh                                  # outputs in ./out/learning
-#   OUT=/tmp/learn STEPS=600 EVAL_EVERY=150 IMAGES=2000 SEEDS=0,1,2 bash recipes/learning.sh
+#   OUT=/tmp/learn STEPS=2000 EVAL_EVERY=500 IMAGES=6000 SEEDS=0,1,2 bash recipes/learning.sh
 #
-# Knobs (environment): OUT, IMAGES (toy images, default 400), VAL (held-out images, 30), STEPS (SFT
-# steps, 100), EVAL_EVERY (50), HIDDEN (64), LAYERS (2), BATCH (8), LR (2e-3), GRPO_STEPS (8),
+# Knobs (environment): OUT, FAMILY (qwen3_vl; qwen2_5_vl, qwen2_vl), IMAGES (toy images, default
+# 1000), VAL (held-out images, 50), STEPS (SFT steps, 600), EVAL_EVERY (300), HIDDEN (128), LAYERS (4),
+# VISION_HIDDEN (64), BATCH (16), LR (2e-3), THREADS (torch threads, 2), GRPO_STEPS (8),
 # SEEDS (GRPO seeds, 0), SFT_SEEDS (0), GETOK_SWIFT_VENV (an environment holding ms-swift and this
 # checkout; default: build or reuse the pinned one). Rerunnable: finished data and runs are reused.
 set -euo pipefail
@@ -22,6 +23,7 @@ out=${OUT:-$root/out/learning}
 source "$root/scripts/env.sh"
 venv=${GETOK_SWIFT_VENV:-$(getok_env swift)}
 exec "$venv/bin/python" "$root/bench/bench_learning.py" --out "$out" \
-  --images "${IMAGES:-400}" --val "${VAL:-30}" --steps "${STEPS:-100}" --eval-every "${EVAL_EVERY:-50}" \
-  --hidden-size "${HIDDEN:-64}" --layers "${LAYERS:-2}" --batch "${BATCH:-8}" --lr "${LR:-2e-3}" \
+  --family "${FAMILY:-qwen3_vl}" --images "${IMAGES:-1000}" --val "${VAL:-50}" --steps "${STEPS:-600}" \
+  --eval-every "${EVAL_EVERY:-300}" --hidden-size "${HIDDEN:-128}" --layers "${LAYERS:-4}" \
+  --vision-hidden "${VISION_HIDDEN:-64}" --batch "${BATCH:-16}" --lr "${LR:-2e-3}" --threads "${THREADS:-2}" \
   --grpo-steps "${GRPO_STEPS:-8}" --seeds "${SEEDS:-0}" --sft-seeds "${SFT_SEEDS:-0}"

@@ -175,12 +175,38 @@ def vllm_adapter_error(argv: list[str]) -> str | None:
     return None
 
 
+def _truthy(values: list[str]) -> bool:
+    return bool(values) and values[-1].lower() in ("true", "1", "yes")
+
+
+def vllm_sync_error(argv: list[str]) -> str | None:
+    """Why this ms-swift command cannot run, or None: ``swift rlhf --use_vllm true`` training a
+    ``getok_lora`` model (``--tuner_type getok_lora``, or a getok_lora ``--adapters`` / ``--resume_from_checkpoint``).
+    ms-swift 4.6's weight sync to vLLM merges the adapter and sends the model's state dict with
+    peft's ``token_adapter`` names (``...embed_tokens.token_adapter.weight``,
+    ``...token_adapter.trainable_tokens_delta.default``), which vLLM's loader does not know
+    (``tests/vllm/test_swift_vllm.py`` loads them into a vLLM 0.32 model: it raises); with
+    ``--vllm_enable_lora true`` the adapter path has the ``infer`` problem above."""
+    if not _truthy(_flag_values(argv, "--use_vllm")):
+        return None
+    ckpts = _flag_values(argv, "--adapters") + _flag_values(argv, "--resume_from_checkpoint")
+    lora_ckpt = any(os.path.isfile(os.path.join(c.split("=", 1)[-1], INFO_FILE)) for c in ckpts)
+    if TUNER_NAME not in _flag_values(argv, "--tuner_type") and not lora_ckpt:
+        return None
+    return ("--use_vllm true cannot roll out a getok_lora model: ms-swift's weight sync sends peft's trainable-token "
+            "names (embed_tokens.token_adapter...), which vLLM's loader rejects, so the rollouts would never see the "
+            "trained GETok rows. Either merge the SFT adapter (swift export --adapters CKPT --merge_lora true "
+            "--output_dir MERGED) and run GRPO on MERGED with --tuner_type lora (the GETok rows stay frozen at their "
+            "SFT values) or --tuner_type full, or keep --tuner_type getok_lora with --use_vllm false")
+
+
 def register() -> list[str]:
     """Register the tuner; refuse a command that would serve a getok_lora adapter with vLLM
-    (``vllm_adapter_error``), before any model is loaded."""
+    (``vllm_adapter_error``) or roll out a getok_lora model with vLLM in GRPO
+    (``vllm_sync_error``), before any model is loaded."""
     import sys
 
-    why = vllm_adapter_error(sys.argv)
+    why = vllm_adapter_error(sys.argv) or vllm_sync_error(sys.argv)
     if why:
         raise SystemExit(f"getok: {why}")
     tuners_map[TUNER_NAME] = GetokLoraTuner
@@ -188,4 +214,4 @@ def register() -> list[str]:
 
 
 __all__ = ["GetokLoraTuner", "register", "build_lora_config", "trainable_token_indices", "lora_targets",
-           "vllm_adapter_error", "TUNER_NAME", "INFO_FILE"]
+           "vllm_adapter_error", "vllm_sync_error", "TUNER_NAME", "INFO_FILE"]

@@ -507,6 +507,8 @@ def add_arguments(parser) -> None:
                         help="tie embed_tokens and lm_head (like Qwen2.5-VL-3B; 7B unties them)")
     parser.add_argument("--hidden-size", type=int, default=64, help="language model width (default 64)")
     parser.add_argument("--layers", type=int, default=2, help="language model layers (default 2)")
+    parser.add_argument("--vision-hidden", type=int, default=32, help="vision tower width (default 32)")
+    parser.add_argument("--vision-depth", type=int, default=2, help="vision tower blocks (default 2)")
     parser.add_argument("--family", default="qwen2_5_vl", choices=list(FAMILIES),
                         help="model family: qwen2_5_vl (default), qwen3_vl or qwen2_vl (its real layout and tokenizer)")
 
@@ -515,7 +517,9 @@ def run(args) -> int:
     """``getok tiny-model --out DIR [--family F]``: build the tiny model; prints its folder."""
     fam = family(getattr(args, "family", "qwen2_5_vl"))
     path = build_tiny_model(args.out, fam.name, seed=args.seed, tie_word_embeddings=args.tie_word_embeddings,
-                            hidden_size=args.hidden_size, num_layers=args.layers)
+                            hidden_size=args.hidden_size, num_layers=args.layers,
+                            vision_hidden=getattr(args, "vision_hidden", 32),
+                            vision_depth=getattr(args, "vision_depth", 2))
     print(f"wrote a tiny random {fam.label} (its real tokenizer; model type {fam.model_type}) to {path}",
           file=sys.stderr)
     print(path)

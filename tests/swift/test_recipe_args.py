@@ -120,6 +120,24 @@ def test_cold_start_swift_args(tmp_path):
     assert check_args("sft", cmds[0][2]).model == "/m/sft"
 
 
+def test_grpo_swift_tuner_and_vllm(tmp_path):
+    """The default (LoRA + colocated vLLM) passes the plugin's vLLM checks; getok_lora runs only
+    with USE_VLLM=0 (ms-swift's weight sync cannot carry its GETok rows: tests/vllm)."""
+    from swift_plugin.getok_tuner import vllm_sync_error
+
+    for extra, tuner, vllm, refused in (({}, "lora", True, False), ({"TUNER": "getok_lora"}, "getok_lora", True, True),
+                                        ({"TUNER": "getok_lora", "USE_VLLM": "0"}, "getok_lora", False, False)):
+        cmds = swift_commands(dry_run("grpo_swift.sh", tmp_path, PREPARED="/data/p", OUT="/o/g", MASK_DECODER="none",
+                                      STAGES="grid", **extra))
+        _, sub, args = cmds[0]
+        n = check_args(sub, args)
+        assert (n.tuner_type, n.use_vllm) == (tuner, vllm)
+        why = vllm_sync_error(["rlhf.py", *args])
+        assert (why is not None) == refused, why
+        if refused:
+            assert "--merge_lora true" in why and "--use_vllm false" in why
+
+
 @pytest.mark.parametrize("decoder", ["ray", "region", "none"])
 def test_grpo_swift_args(tmp_path, decoder):
     commands = dry_run("grpo_swift.sh", tmp_path, PREPARED="/data/p", OUT="/o/g", MASK_DECODER=decoder, ROUNDS=2)
@@ -129,7 +147,7 @@ def test_grpo_swift_args(tmp_path, decoder):
     grid, refine = ns[0], ns[2]
     for n in (grid, refine):
         assert n.rlhf_type == "grpo" and n.use_vllm is True and n.vllm_mode == "colocate"
-        assert n.num_generations == 8 and n.tuner_type == "getok_lora"
+        assert n.num_generations == 8 and n.tuner_type == "lora"
         assert n.dataset == ["/data/p/swift/train_grpo.jsonl"]
         assert n.per_device_train_batch_size * n.gradient_accumulation_steps * 8 == 16 * n.num_generations
     assert grid.reward_funcs == ["getok_grid"] and grid.multi_turn_scheduler is None
@@ -300,3 +318,28 @@ def test_cold_start_and_grpo_swift_rerun(tmp_path):
     fake_env = {**genv, "STAGES": "refine", "MODEL": tmp_path / "grpo" / "refine" / "merged"}
     with pytest.raises(AssertionError, match="which stage refine replaces"):
         run_with_fake_swift("grpo_swift.sh", tmp_path, **fake_env)
+
+
+def test_vllm_checks_of_the_tuner_read_the_command_line(tmp_path):
+    """``vllm_adapter_error`` / ``vllm_sync_error`` on ms-swift argv shapes (``--flag value`` and
+    ``--flag=value``; a getok_lora checkpoint is a folder holding getok_tuner.json)."""
+    from swift_plugin.getok_tuner import INFO_FILE, vllm_adapter_error, vllm_sync_error
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (ck / INFO_FILE).write_text("{}")
+    assert vllm_adapter_error(["infer.py", "--adapters", str(ck), "--infer_backend", "vllm"])
+    assert vllm_adapter_error(["infer.py", f"--adapters=name={ck}", "--infer_backend=vllm"])
+    assert vllm_adapter_error(["infer.py", "--adapters", str(plain), "--infer_backend", "vllm"]) is None
+    assert vllm_adapter_error(["infer.py", "--adapters", str(ck), "--infer_backend", "pt"]) is None
+    assert vllm_sync_error(["rlhf.py", "--tuner_type", "getok_lora", "--use_vllm", "true"])
+    assert vllm_sync_error(["rlhf.py", "--tuner_type=getok_lora", "--use_vllm=True"])
+    assert vllm_sync_error(["rlhf.py", "--tuner_type", "lora", "--adapters", str(ck), "--use_vllm", "true"])
+    assert vllm_sync_error(["rlhf.py", "--resume_from_checkpoint", str(ck), "--use_vllm", "1"])
+    for argv in (["rlhf.py", "--tuner_type", "getok_lora", "--use_vllm", "false"],
+                 ["rlhf.py", "--tuner_type", "getok_lora"],
+                 ["rlhf.py", "--tuner_type", "lora", "--use_vllm", "true"],
+                 ["rlhf.py", "--tuner_type", "full", "--adapters", str(plain), "--use_vllm", "true"]):
+        assert vllm_sync_error(argv) is None, argv

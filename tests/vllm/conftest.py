@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: vLLM on CPU: KV cache size in GiB, few threads, no usage report.
+#: vLLM on CPU: KV cache size in GiB, few threads, no usage report; LLM.apply_model may send a test's
+#: function to the engine process (pickled: a test setting, not for serving).
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+            "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 #: LLM(...) keywords that fit a 2-core, 24 GB machine.
 ENGINE_ARGS = {"max_model_len": 2048, "gpu_memory_utilization": 0.05, "max_num_seqs": 16}

