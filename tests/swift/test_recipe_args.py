@@ -207,7 +207,7 @@ def test_recipe_names_are_registered(tmp_path):
     from swift.rewards import orms
     from swift.rollout.multi_turn import multi_turns
     from swift.template import TEMPLATE_MAPPING
-    from swift.tuner_plugin import tuners_map
+    from swift.arguments.base_args.base_args import get_supported_tuners  # ms-swift's own + tuners_map
 
     names = set()
     for recipe in ("cold_start_swift.sh", "grpo_swift.sh"):
@@ -215,8 +215,8 @@ def test_recipe_names_are_registered(tmp_path):
             for flag in ("--model_type", "--template", "--tuner_type", "--reward_funcs", "--multi_turn_scheduler"):
                 if flag in args:
                     names.add((flag, args[args.index(flag) + 1]))
-    assert ("--multi_turn_scheduler", "getok_refine") in names
-    registries = {"--model_type": MODEL_MAPPING, "--template": TEMPLATE_MAPPING, "--tuner_type": tuners_map,
+    assert ("--multi_turn_scheduler", "getok_refine") in names and ("--tuner_type", "getok_lora") in names
+    registries = {"--model_type": MODEL_MAPPING, "--template": TEMPLATE_MAPPING, "--tuner_type": get_supported_tuners(),
                   "--reward_funcs": orms, "--multi_turn_scheduler": multi_turns}
     missing = [(flag, name) for flag, name in sorted(names) if name not in registries[flag]]
     assert not missing, f"not registered by swift_plugin/register.py: {missing}"
