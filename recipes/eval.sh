@@ -84,6 +84,14 @@ if [ "$CONSTRAINED" = "1" ]; then
     --max-points "$CONSTRAIN_MAX_POINTS")
   [ "$CONSTRAIN_THINK" = "1" ] && gargs+=(--think)
   regex=$(getok grammar "${gargs[@]}")
+  if [ "$CONSTRAIN_THINK" != "1" ]; then
+    longest=$(getok grammar "${gargs[@]}" --max-chars)
+    if [ "$MAX_NEW_TOKENS" -le "$longest" ]; then
+      echo "eval.sh: note: the grammar admits answers of up to $longest characters; MAX_NEW_TOKENS=$MAX_NEW_TOKENS" \
+           "can cut one the model spells from BPE pieces (a GETok-trained model writes a cell as one token);" \
+           "a cut answer scores as invalid. MAX_NEW_TOKENS=$((longest + 1)) rules it out." >&2
+    fi
+  fi
 fi
 
 reports=()

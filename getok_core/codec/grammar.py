@@ -231,6 +231,26 @@ def to_regex(spec: AnswerSpec) -> str:
     return f"{head}<answer>{body}</answer>"
 
 
+def max_chars(spec: AnswerSpec) -> int | None:
+    """The length, in characters, of the longest answer ``to_regex(spec)`` admits; None with
+    ``think`` (think text is unbounded). A text-regex decode may spell each character with its
+    own token, so ``max_new_tokens`` below this (plus one for EOS) can cut a constrained answer."""
+    if spec.think:
+        return None
+    if spec.refine is not None:
+        move = max(len(f"<OFF{a},{b}>") for a in OFFSET_STEPS for b in OFFSET_STEPS)
+        lines = [len("<offset></offset>") + sum(max(move, len(DELETE)) if d else move for d in row)
+                 for row in spec.refine]
+        return len(ANSWER_OPEN) + len(ANSWER_CLOSE) + sum(lines) + max(len(lines) - 1, 0)
+    m = spec.vocab.grid_size - 1
+    cell = len(f"<grid{m},{m}>")
+    line = sum(len(f"<{r.kind}></{r.kind}>") + r.max_cells * cell for r in spec.elements)
+    body = spec.max_instances * line + spec.max_instances - 1
+    if spec.allow_none:
+        body = max(body, len(NONE))
+    return len(ANSWER_OPEN) + body + len(ANSWER_CLOSE)
+
+
 # ---------------------------------------------------------------------- Lark (llguidance)
 def id_ranges(ids) -> str:
     """llguidance's token-set syntax for ``ids``: ``<[a-b,c,...]>`` (sorted, runs merged)."""
@@ -339,6 +359,9 @@ def add_arguments(parser) -> None:
                         help="most grid tokens of a seg / line / poly element (default 32, as getok prepare)")
     parser.add_argument("--think", action="store_true", help="a <think>...</think> block first")
     parser.add_argument("--no-none", action="store_true", help="forbid the <none> answer")
+    parser.add_argument("--max-chars", action="store_true",
+                        help="print the longest answer's length in characters instead (a floor for max_new_tokens "
+                             "under --format regex; fails with --think, whose text is unbounded)")
 
 
 def run(args) -> int:
@@ -348,6 +371,13 @@ def run(args) -> int:
         spec = refine_spec(vocab, sys.stdin.read() if args.refine == "-" else args.refine, think=args.think)
     else:
         spec = grid_spec(vocab, args.task, args.max_instances, args.max_points, args.think, not args.no_none)
+    if args.max_chars:
+        n = max_chars(spec)
+        if n is None:
+            print("getok grammar: --max-chars has no bound with --think (think text is unbounded)", file=sys.stderr)
+            return 2
+        print(n)
+        return 0
     if args.format == "regex":
         if args.tokenizer:
             print("getok grammar: --tokenizer is ignored by --format regex (text)", file=sys.stderr)
@@ -357,5 +387,5 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["TASKS", "TASK_LINES", "ElementRule", "AnswerSpec", "grid_spec", "refine_spec", "to_regex", "to_lark",
+__all__ = ["TASKS", "TASK_LINES", "ElementRule", "AnswerSpec", "grid_spec", "refine_spec", "to_regex", "max_chars", "to_lark",
            "id_ranges", "int_range_regex", "tokenizer_ids", "spec_to_json", "spec_from_json", "Constraint", "add_arguments", "run"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from getok_core import GetokVocab, Instance, format_answer, format_offsets, parse_answer, parse_offsets
 from getok_core.cli import main as getok_main
-from getok_core.codec.grammar import (TASK_LINES, TASKS, grid_spec, id_ranges, int_range_regex, refine_spec,
+from getok_core.codec.grammar import (TASK_LINES, TASKS, grid_spec, id_ranges, int_range_regex, max_chars, refine_spec,
                                       spec_from_json, spec_to_json, to_lark, to_regex, tokenizer_ids)
 from getok_core.codec.instance import anchors, encode_instance
 from getok_core.models.constrained import GetokAutomaton, token_table
@@ -164,6 +164,7 @@ def test_every_canonical_answer_is_accepted(n, task, data, think):
     spec = grid_spec(vocab, task, max_instances=3, max_points=6, think=think)
     assert parse_answer(text, vocab).valid
     assert verdicts(spec, text) == dict.fromkeys(["regex", "lark_ids", "lark_text", "automaton"], True), text
+    assert max_chars(spec) is None if think else len(text) <= max_chars(spec)
 
 
 @settings(max_examples=200, deadline=None)
@@ -181,6 +182,30 @@ def test_every_canonical_refinement_is_accepted(n, insts, data, think):
     assert parse_offsets(text, proposal, vocab).valid
     spec = refine_spec(vocab, turn1, think=think)
     assert verdicts(spec, text) == dict.fromkeys(["regex", "lark_ids", "lark_text", "automaton"], True), text
+    assert max_chars(spec) is None if think else len(text) <= max_chars(spec)
+
+
+@pytest.mark.parametrize("n,task,k,p", [(32, "any", 2, 8), (32, "seg", 8, 32), (7, "line", 3, 4), (1, "point", 1, 1)])
+def test_max_chars_is_the_longest_answer_the_regex_admits(n, task, k, p):
+    spec = grid_spec(GetokVocab(n), task, max_instances=k, max_points=p)
+    cell = f"<grid{n - 1},{n - 1}>"
+    line = "".join(f"<{r.kind}>{cell * r.max_cells}</{r.kind}>" for r in spec.elements)
+    longest = "<answer>" + "\n".join([line] * k) + "</answer>"
+    assert re.fullmatch(to_regex(spec), longest)
+    assert max_chars(spec) == len(longest)
+    assert not re.fullmatch(to_regex(spec), longest[:-9] + cell + "</answer>")  # one cell more is refused
+    turn1 = format_answer([Instance(box=(0.1, 0.1, 0.5, 0.5), points=[(0.2, 0.2)])], GetokVocab(32))
+    refine = refine_spec(GetokVocab(32), turn1)
+    longest = "<answer><offset>" + "<OFF-1,-1>" * 3 + "</offset></answer>"  # 2 box corners + 1 point
+    assert re.fullmatch(to_regex(refine), longest) and max_chars(refine) == len(longest)
+    assert max_chars(grid_spec(GetokVocab(n), task, max_instances=k, max_points=p, think=True)) is None
+
+
+def test_grammar_cli_prints_max_chars(capsys):
+    assert getok_main(["grammar", "--task", "any", "--max-instances", "2", "--max-points", "8", "--max-chars"]) == 0
+    assert int(capsys.readouterr().out) == max_chars(grid_spec(GetokVocab(32), "any", 2, 8))
+    assert getok_main(["grammar", "--think", "--max-chars"]) == 2
+    assert "unbounded" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- what the automaton generates is valid

@@ -184,6 +184,14 @@ def test_eval_and_sft_recipe_args(tmp_path):
                                   CONSTRAIN_MAX_POINTS=16, CONSTRAIN_THINK=1))
     regex = check_args("infer", cmds[0][2]).structured_outputs_regex
     assert regex == to_regex(grid_spec(GetokVocab(32), "seg", max_instances=4, max_points=16, think=True))
+    # a MAX_NEW_TOKENS that can cut the grammar's longest answer is said (seg x 4 x 16 admits 900 characters)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    for tokens, said in [(900, True), (901, False)]:
+        proc = subprocess.run(["bash", str(REPO / "recipes" / "eval.sh")], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "PATH": path, "DRY_RUN": "1", "CONSTRAINED": "1",
+                                              "CONSTRAIN_TASK": "seg", "CONSTRAIN_MAX_INSTANCES": "4",
+                                              "CONSTRAIN_MAX_POINTS": "16", "MAX_NEW_TOKENS": str(tokens)})
+        assert proc.returncode == 0 and ("up to 900 characters" in proc.stderr) == said, proc.stderr
     proc = subprocess.run(["bash", str(REPO / "recipes" / "eval.sh")], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "DRY_RUN": "1", "CONSTRAINED": "1", "INFER_BACKEND": "transformers"})
     assert proc.returncode == 2 and "CONSTRAINED=1 needs INFER_BACKEND=vllm" in proc.stderr

@@ -77,11 +77,15 @@ def test_merged_model_answers_in_the_grammar_under_vllm(adapter, work):
     proc = swift(["export", "--adapters", adapter["ckpt"], "--merge_lora", "true", "--output_dir", str(merged)],
                  adapter["dir"] / "export.log", work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    regex = subprocess.run([sys.executable, "-m", "getok_core.cli", "grammar", "--task", "any", "--max-instances",
-                            "2", "--max-points", "8"], capture_output=True, text=True, check=True).stdout.strip()
+    grammar = [sys.executable, "-m", "getok_core.cli", "grammar", "--task", "any", "--max-instances", "2",
+               "--max-points", "8"]
+    regex = subprocess.run(grammar, capture_output=True, text=True, check=True).stdout.strip()
+    # a text regex lets the model spell a cell from BPE pieces, one token per character at worst: with
+    # fewer new tokens than the longest admitted answer has characters, an answer can be cut mid-way
+    longest = int(subprocess.run([*grammar, "--max-chars"], capture_output=True, text=True, check=True).stdout)
     result = adapter["dir"] / "constrained.jsonl"
     proc = swift(["infer", "--model", str(merged), "--infer_backend", "vllm", "--val_dataset", adapter["val"],
-                  "--max_new_tokens", "64", "--temperature", "1.0", "--vllm_max_model_len", "2048",
+                  "--max_new_tokens", str(longest + 1), "--temperature", "1.0", "--vllm_max_model_len", "2048",
                   "--vllm_gpu_memory_utilization", "0.05", "--structured_outputs_regex", regex,
                   "--result_path", str(result)], adapter["dir"] / "infer.log", work)
     assert proc.returncode == 0, proc.stderr[-3000:]
