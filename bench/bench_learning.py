@@ -156,6 +156,7 @@ def sft(model: str, data: Path, out: Path, args, seed: int, env: dict) -> list[t
     out.mkdir(parents=True, exist_ok=True)
     if not list(out.glob(f"v*/checkpoint-{args.steps}")):
         swift("sft", [*model_args(args.family), "--model", model, "--tuner_type", "full", "--freeze_vit", "false",
+                      "--freeze_aligner", "false",  # ms-swift freezes the aligner by default: here it is random
                       "--dataset", str(data), "--max_steps", str(args.steps), "--per_device_train_batch_size",
                       str(args.batch), "--gradient_accumulation_steps", "1", "--learning_rate", str(args.lr),
                       "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",

@@ -18,6 +18,9 @@ Decisions (docs/swift.md explains them):
   ``lm_head`` (once when tied). Rows added by a resize beyond the tokenizer are set to the mean of
   the ordinary rows (deterministic, unlike transformers' sampled ``mean_resizing``): a model rebuilt
   from the same base is bit-identical, which adapters rely on.
+- ``GETOK_GRID_CODE=s`` (default 0) adds ``s x RMS(text mean) x grid_code(cell)`` to each new grid
+  row: the text mean ignores digit order (``<grid12,14>`` and ``<grid14,12>`` start equal), the 2-D
+  code (``getok_core.models.tokens.grid_code``, deterministic) tells every cell apart.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import math
 import os
 
 from getok_core.codec.vocab import GetokVocab
-from getok_core.models.tokens import (add_getok_tokens, check_single_ids, config_vocab_size, init_text,
+from getok_core.models.tokens import (add_getok_tokens, check_single_ids, config_vocab_size, grid_code, init_text,
                                       ordinary_limit, set_config_vocab_size, source_ids, tokens_digest)
 
 #: Environment variables read by the plugin (documented in docs/swift.md).
 ENV_GRID_SIZE = "GETOK_GRID_SIZE"
+ENV_GRID_CODE = "GETOK_GRID_CODE"
 ENV_OFFSET_ROUNDS = "GETOK_OFFSET_ROUNDS"
 
 
@@ -44,6 +48,16 @@ def vocab_from_env() -> GetokVocab:
     except ValueError as exc:
         raise ValueError(f"{ENV_GRID_SIZE} / {ENV_OFFSET_ROUNDS} must be integers") from exc
     return GetokVocab(grid_size=n, offset_rounds=r)
+
+
+def grid_code_scale_from_env() -> float:
+    """``GETOK_GRID_CODE`` (default 0): the weight of the 2-D cell code
+    (``getok_core.models.tokens.grid_code``) added to a new grid token's row, relative to the RMS
+    of its text mean; 0 keeps the text mean alone."""
+    try:
+        return float(os.environ.get(ENV_GRID_CODE, "0"))
+    except ValueError as exc:
+        raise ValueError(f"{ENV_GRID_CODE} must be a number, got {os.environ[ENV_GRID_CODE]!r}") from exc
 
 
 def _gathered(params):
@@ -80,6 +94,7 @@ def prepare_model_vocab(model, tokenizer, vocab: GetokVocab, config=None, pad_to
     the new vocab size even when ``model`` is None. Returns an info dict (stored on the model as
     ``getok_info``)."""
     ids, new, sources = add_getok_tokens(tokenizer, vocab)
+    code_scale = grid_code_scale_from_env()
     config = config if config is not None else getattr(model, "config", None)
     old_rows = config_vocab_size(config) if config is not None else None
     rows = old_rows
@@ -105,14 +120,18 @@ def prepare_model_vocab(model, tokenizer, vocab: GetokVocab, config=None, pad_to
                     for a in range(0, limit, 8192):
                         total += w[a:min(a + 8192, limit)].double().sum(0)
                     w[emb_rows:] = (total / limit).to(w.dtype)
+                code = grid_code(vocab, w.shape[1]) if code_scale else {}
                 for t in new:  # sources are ordinary rows (< limit), targets are not: no snapshot needed
                     src = torch.tensor(sources[t], dtype=torch.long, device=w.device)
-                    w[id_of[t]] = w.index_select(0, src).double().mean(0).to(w.dtype)
+                    row = w.index_select(0, src).double().mean(0)
+                    if t in code:  # + the cell's 2-D code, at code_scale x the text mean's RMS
+                        row = row + code_scale * row.pow(2).mean().sqrt() * torch.from_numpy(code[t]).to(row)
+                    w[id_of[t]] = row.to(w.dtype)
     if config is not None and rows is not None and rows != old_rows:
         set_config_vocab_size(config, rows)
     info = {"grid_size": vocab.grid_size, "offset_rounds": vocab.offset_rounds, "n_tokens": len(ids),
             "first_id": min(ids), "last_id": max(ids), "ids_contiguous": ids == list(range(min(ids), max(ids) + 1)),
-            "digest": tokens_digest(vocab.tokens), "ids": list(ids), "newly_added": len(new),
+            "digest": tokens_digest(vocab.tokens), "ids": list(ids), "newly_added": len(new), "grid_code": code_scale,
             "vocab_rows": rows, "tokenizer_len": len(tokenizer)}
     if model is not None:
         info["tied"] = embeddings_tied(model)
@@ -120,5 +139,5 @@ def prepare_model_vocab(model, tokenizer, vocab: GetokVocab, config=None, pad_to
     return info
 
 
-__all__ = ["vocab_from_env", "init_text", "source_ids", "add_getok_tokens", "check_single_ids",
-           "prepare_model_vocab", "embeddings_tied", "tokens_digest", "ENV_GRID_SIZE", "ENV_OFFSET_ROUNDS"]
+__all__ = ["vocab_from_env", "grid_code_scale_from_env", "init_text", "source_ids", "add_getok_tokens", "check_single_ids",
+           "prepare_model_vocab", "embeddings_tied", "tokens_digest", "ENV_GRID_SIZE", "ENV_GRID_CODE", "ENV_OFFSET_ROUNDS"]

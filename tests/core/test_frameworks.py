@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from testkit import ground_truth, square, target
 
 from getok_core import GetokVocab, format_offsets
-from getok_core.models.tokens import (KeepGetokTokens, check_single_ids, getok_token_ids, init_text,
+from getok_core.models.tokens import (KeepGetokTokens, check_single_ids, getok_token_ids, grid_code, init_text,
                                       ordinary_limit, tokens_digest)
 from getok_core.rewards import (GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights, RewardResult,
                                 RewardSetup, score_grid_batch, score_refine_batch, setup_from_kwargs)
@@ -204,6 +204,30 @@ def test_init_text_and_digest():
     assert init_text("<DELETE>", V) == "<DELETE>" and init_text("<box>", V) == "<box>"
     assert tokens_digest(V.tokens) == tokens_digest(list(V.tokens)) != tokens_digest(GetokVocab(grid_size=12).tokens)
     assert len(tokens_digest(V.tokens)) == 16
+
+
+@pytest.mark.parametrize("n,dim", [(10, 64), (32, 256), (2, 64)])
+def test_grid_code_gives_every_cell_its_own_smooth_code(n, dim):
+    import numpy as np
+
+    vocab = GetokVocab(grid_size=n)
+    code = grid_code(vocab, dim)
+    assert list(code) == [t for t in vocab.tokens if vocab.token_cell(t) is not None]
+    rows = np.stack(list(code.values()))
+    assert rows.shape == (n * n, dim) and np.allclose((rows ** 2).mean(1), 1.0)
+    gram = rows @ rows.T / dim  # cosine similarity (unit RMS rows)
+    assert (gram[~np.eye(n * n, dtype=bool)] < 1 - 1e-6).all()  # no two cells share a code
+    c = {vocab.token_cell(t): v for t, v in code.items()}
+    cos = lambda a, b: float(c[a] @ c[b]) / dim  # noqa: E731
+    for x in range(n - 2):  # a neighbour is closer than a cell two columns away, in every row
+        for y in range(n):
+            assert cos((x, y), (x + 1, y)) > cos((x, y), (x + 2, y))
+    assert all(np.array_equal(a, b) for a, b in zip(code.values(), grid_code(vocab, dim).values()))  # fixed
+    if n >= 10:  # the text mean cannot tell these apart (digit order); the code does
+        assert cos((1, 2), (2, 1)) < 0.9
+    assert len(next(iter(grid_code(vocab, 8).values()))) == 8  # 2 frequencies for a narrow model
+    with pytest.raises(ValueError, match="below the code"):
+        grid_code(vocab, 32, n_freq=16)
 
 
 def test_keep_getok_tokens_decodes_them_even_when_special():

@@ -199,6 +199,39 @@ def test_loader_initializes_new_rows_from_meaningful_rows(loaded, tiny_model, ba
     assert torch.equal(E[:FIRST_GETOK_ID], orig[key][:FIRST_GETOK_ID])
 
 
+def test_grid_code_option_adds_each_cells_code_to_its_text_mean(tiny_model, base_tokenizer, monkeypatch):
+    """GETOK_GRID_CODE=s: a new grid row is its text mean + s x the mean's RMS x the cell's 2-D code;
+    the other new rows keep the text mean; without it the digit-order collisions stay."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from getok_core.models.tokens import grid_code, init_text
+    from swift_plugin.getok_tokens import prepare_model_vocab
+
+    rows = {}
+    for scale in ("0", "0.5"):
+        monkeypatch.setenv("GETOK_GRID_CODE", scale)
+        model = AutoModelForImageTextToText.from_pretrained(tiny_model, torch_dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(tiny_model)
+        prepare_model_vocab(model, tok, VOCAB)
+        rows[scale] = (model.get_input_embeddings().weight.detach().double(),
+                       model.get_output_embeddings().weight.detach().double(), tok)
+    E, W, tok = rows["0.5"]
+    code = grid_code(VOCAB, E.shape[1])
+    for t in ("<grid12,14>", "<grid14,12>", "<grid0,31>", "<OFF-1,0>", "<box>"):
+        src = base_tokenizer.encode(init_text(t, VOCAB), add_special_tokens=False)
+        i = tok.convert_tokens_to_ids(t)
+        for M, M0 in ((E, rows["0"][0]), (W, rows["0"][1])):
+            mean = M[src].mean(0)
+            want = mean + 0.5 * mean.pow(2).mean().sqrt() * torch.from_numpy(code[t]) if t in code else mean
+            assert torch.allclose(M[i], want, atol=1e-6), t
+            assert torch.allclose(M0[i], mean, atol=1e-6), t  # GETOK_GRID_CODE=0: the text mean alone
+    a, b = tok.convert_tokens_to_ids(["<grid12,14>", "<grid14,12>"])
+    assert torch.equal(rows["0"][0][a], rows["0"][0][b]) and not torch.allclose(E[a], E[b])
+    monkeypatch.setenv("GETOK_GRID_CODE", "lots")
+    with pytest.raises(ValueError, match="GETOK_GRID_CODE must be a number"):
+        prepare_model_vocab(None, AutoTokenizer.from_pretrained(tiny_model), VOCAB)
+
+
 def test_getok_tokens_registered_as_special_are_refused(tiny_model, plugin):
     from transformers import AutoTokenizer
 
