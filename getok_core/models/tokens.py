@@ -38,8 +38,9 @@ def grid_code(vocab: GetokVocab, dim: int, n_freq: int | None = None, seed: int 
 
     Features ``sin / cos(pi * f * u)`` and the same of ``v`` at the cell centre ``(u, v) =
     vocab.cell_point(cell)`` (normalized image frame) for ``n_freq`` (default ``min(16, dim // 4)``)
-    frequencies ``f`` geometric from 0.5 to ``grid_size`` (whole image to one cell), mapped into ``dim`` through fixed orthonormal
-    directions (``seed``), so no coordinate of the embedding is singled out. Neighbouring cells get
+    frequencies ``f`` geometric from 0.5 to ``grid_size`` (whole image to one cell), mapped into
+    ``dim`` through fixed orthonormal directions (``seed``), so no coordinate of the embedding is
+    singled out. Neighbouring cells get
     close codes and every cell a different one, unlike the mean of its text's digit embeddings, which
     ignores digit order (``<grid12,14>``, ``<grid14,12>`` and ``<grid11,24>`` share one)."""
     import numpy as np

@@ -193,7 +193,9 @@ def test_max_chars_is_the_longest_answer_the_regex_admits(n, task, k, p):
     longest = "<answer>" + "\n".join([line] * k) + "</answer>"
     assert re.fullmatch(to_regex(spec), longest)
     assert max_chars(spec) == len(longest)
-    assert not re.fullmatch(to_regex(spec), longest[:-9] + cell + "</answer>")  # one cell more is refused
+    last = f"</{spec.elements[-1].kind}></answer>"
+    assert not re.fullmatch(to_regex(spec), longest[:-len(last)] + cell + last)  # one cell more in an element
+    assert not re.fullmatch(to_regex(spec), longest[:-9] + "\n" + line + "</answer>")  # one instance more
     turn1 = format_answer([Instance(box=(0.1, 0.1, 0.5, 0.5), points=[(0.2, 0.2)])], GetokVocab(32))
     refine = refine_spec(GetokVocab(32), turn1)
     longest = "<answer><offset>" + "<OFF-1,-1>" * 3 + "</offset></answer>"  # 2 box corners + 1 point
