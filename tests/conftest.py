@@ -14,7 +14,7 @@ settings.load_profile(os.environ.get("GETOK_HYPOTHESIS_PROFILE", "ci"))
 def pytest_collection_modifyitems(config, items):
     """``GETOK_HYPOTHESIS_SCALE=F`` scales every property test's ``max_examples`` by F (at least
     20): scripts/test.sh runs tests/core in several environments with the same derandomized examples,
-    so the later runs needs only a share of them to check the other library versions."""
+    so the later runs need only a share of them to check the other library versions."""
     scale = float(os.environ.get("GETOK_HYPOTHESIS_SCALE", "1"))
     if scale == 1:
         return
