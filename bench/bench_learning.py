@@ -134,12 +134,30 @@ def prepare_data(out: Path, args, env: dict) -> dict:
         rows = text_rows(read_jsonl(d[split]), read_jsonl(prep / "easyr1" / f"{split}.jsonl"), args.text_units)
         d[f"text_{split}"] = out / f"text_{split}.jsonl"
         write_jsonl(d[f"text_{split}"], rows)
+    n_of = shapes_per_image(toy / "data.jsonl")
+    d["val_n"] = [n_of[Path(r["images"][0]).name] for r in read_jsonl(d["val"])]
+    for name in ("train", "text_train"):  # the curriculum's first stage: images with one shape
+        single = [r for r in read_jsonl(d[name]) if n_of[Path(r["images"][0]).name] == 1]
+        d[f"single_{name}"] = out / f"single_{name}.jsonl"
+        write_jsonl(d[f"single_{name}"], single)
     return d
 
 
-def constant_box_baseline(train_gt: list[dict], val_gt: list[dict]) -> dict:
+def shapes_per_image(data_jsonl: Path) -> dict[str, int]:
+    """Image file name -> number of shapes on it (the toy records' ``meta.n_objects``)."""
+    return {Path(r["image"]).name: int(r["meta"]["n_objects"]) for r in read_jsonl(data_jsonl)}
+
+
+def by_shapes(ious, val_n: list[int]) -> dict[int, float]:
+    """Acc@0.5 of per-expression IoUs, by the number of shapes on the image (1, 2, 3)."""
+    ious, n = np.asarray(ious, float), np.asarray(val_n)
+    return {int(k): float((ious[n == k] >= 0.5).mean()) for k in sorted(set(val_n))}
+
+
+def constant_box_baseline(train_gt: list[dict], val_gt: list[dict], val_n: list[int]) -> dict:
     """The best constant box: the training box with the highest training Acc@0.5, and its
-    held-out Acc@0.5 / mean IoU (normalized boxes, ``metrics.box_accuracy``)."""
+    held-out Acc@0.5 / mean IoU (normalized boxes, ``metrics.box_accuracy``), overall and by the
+    number of shapes on the image."""
     from getok_core.codec.geometry import box_iou_matrix
     from getok_core.evaluation.metrics import box_accuracy
 
@@ -147,23 +165,40 @@ def constant_box_baseline(train_gt: list[dict], val_gt: list[dict]) -> dict:
     iou = box_iou_matrix(tb, tb)
     best = tb[int(np.argmax((iou >= 0.5).mean(1)))]
     acc = box_accuracy([list(best)] * len(val_gt), [[t["box"] for t in g["targets"]] for g in val_gt])
-    return {"box": [round(float(v), 3) for v in best], "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"]}
+    return {"box": [round(float(v), 3) for v in best], "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"],
+            "by_shapes": by_shapes(acc["per_sample"], val_n)}
 
 
 # ---------------------------------------------------------------------- training and scoring
-def sft(model: str, data: Path, out: Path, args, seed: int, env: dict) -> list[tuple[int, Path]]:
-    """Full-parameter ``swift sft``; (step, checkpoint) every ``eval_every`` steps."""
+def sft(model: str, data: Path, out: Path, args, seed: int, env: dict, steps: int) -> list[tuple[int, Path]]:
+    """Full-parameter ``swift sft`` of ``steps`` steps; (step, checkpoint) every ``eval_every`` steps."""
     out.mkdir(parents=True, exist_ok=True)
-    if not list(out.glob(f"v*/checkpoint-{args.steps}")):
+    if not list(out.glob(f"v*/checkpoint-{steps}")):
         swift("sft", [*model_args(args.family), "--model", model, "--tuner_type", "full", "--freeze_vit", "false",
                       "--freeze_aligner", "false",  # ms-swift freezes the aligner by default: here it is random
-                      "--dataset", str(data), "--max_steps", str(args.steps), "--per_device_train_batch_size",
+                      "--dataset", str(data), "--max_steps", str(steps), "--per_device_train_batch_size",
                       str(args.batch), "--gradient_accumulation_steps", "1", "--learning_rate", str(args.lr),
                       "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",
                       "--save_steps", str(args.eval_every), "--logging_steps", "10", "--seed", str(seed),
                       "--data_seed", str(seed), *COMMON, "--output_dir", str(out)], out / "sft.log", env)
     ckpts = sorted(out.glob("v*/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return [(int(p.name.split("-")[1]), p) for p in ckpts]
+
+
+def sft_curriculum(model: str, data: dict, name: str, out: Path, args, seed: int, env: dict) -> list[tuple[int, Path]]:
+    """``--single-first`` K > 0: K steps on the images with one shape (``out/single``), then the
+    remaining ``steps - K`` on all images from that checkpoint (``out/all``, a new cosine
+    schedule); else one run of ``steps`` on all images. (step counted from the start, checkpoint)."""
+    train = data["train"] if name == "grid" else data["text_train"]
+    k = args.single_first
+    if not k:
+        return sft(model, train, out, args, seed, env, args.steps)
+    first = sft(model, data[f"single_{'train' if name == 'grid' else 'text_train'}"], out / "single", args, seed,
+                env, k)
+    if args.steps <= k:
+        return first
+    rest = sft(str(first[-1][1]), train, out / "all", args, seed, env, args.steps - k)
+    return first + [(k + step, ck) for step, ck in rest]
 
 
 def infer(model: Path | str, val: Path, result: Path, env: dict, family: str, max_new_tokens: int = 32) -> list[str]:
@@ -175,15 +210,18 @@ def infer(model: Path | str, val: Path, result: Path, env: dict, family: str, ma
     return [r["response"] for r in read_jsonl(result)]
 
 
-def score_grid_answers(result: Path, prep: Path, grid_size: int, env: dict) -> dict:
-    """``getok eval`` (region decoder) of a swift infer result: validity, Acc@0.5, mean IoU."""
+def score_grid_answers(result: Path, prep: Path, grid_size: int, env: dict, val_n: list[int]) -> dict:
+    """``getok eval`` (region decoder) of a swift infer result: validity, Acc@0.5, mean IoU, and
+    Acc@0.5 by the number of shapes on the image (from its ``per_sample.jsonl`` IoUs)."""
     rep = result.with_suffix("")
     getok(["eval", "--pred", str(result), "--data", str(prep), "--split", "val", "--out", str(rep),
            "--grid-size", str(grid_size), "--decoder", "region", "--first", "4", "--worst", "4"],
           result.with_suffix(".eval.log"), env)
     m = json.loads((rep / "metrics.json").read_text())
     m = m.get("box", m.get("tasks", {}).get("box", m))
-    return {"valid": m["format_validity"], "Acc@0.5": m["box"]["Acc@0.5"], "mean_iou": m["box"]["mean_iou"]}
+    ious = [r["score"] for r in read_jsonl(rep / "per_sample.jsonl")]
+    return {"valid": m["format_validity"], "Acc@0.5": m["box"]["Acc@0.5"], "mean_iou": m["box"]["mean_iou"],
+            "by_shapes": by_shapes(ious, val_n)}
 
 
 def parse_text_box(text: str, size: tuple[int, int], units="pixels"):
@@ -203,12 +241,13 @@ def parse_text_box(text: str, size: tuple[int, int], units="pixels"):
     return [x1 / w, y1 / h, x2 / w, y2 / h], valid
 
 
-def score_text_answers(responses: list[str], val_gt: list[dict], units="pixels") -> dict:
+def score_text_answers(responses: list[str], val_gt: list[dict], val_n: list[int], units="pixels") -> dict:
     from getok_core.evaluation.metrics import box_accuracy
 
     parsed = [parse_text_box(r, tuple(g["image_size"]), units) for r, g in zip(responses, val_gt, strict=True)]
     acc = box_accuracy([p for p, _ in parsed], [[t["box"] for t in g["targets"]] for g in val_gt])
-    return {"valid": sum(v for _, v in parsed) / len(parsed), "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"]}
+    return {"valid": sum(v for _, v in parsed) / len(parsed), "Acc@0.5": acc["Acc@0.5"], "mean_iou": acc["mean_iou"],
+            "by_shapes": by_shapes(acc["per_sample"], val_n)}
 
 
 def held_out_reward(responses: list[str], val_gt: list[dict], grid_size: int) -> float:
@@ -252,18 +291,24 @@ def fmt(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def shapes(scores: dict) -> str:
+    """'a / b / c': Acc@0.5 on the images with 1, 2, 3 shapes."""
+    return " / ".join(fmt(v) for _, v in sorted((int(k), v) for k, v in scores.get("by_shapes", {}).items()))
+
+
 def table(res: dict) -> str:
     """The Markdown report of ``res`` (what ``main`` collected)."""
     lines = [f"# Does it learn? (toy grounding, {res['config']})", "",
              f"Held-out: {res['n_val']} expressions on {res['args']['val']} images. Best constant box "
              f"{res['baseline']['box']}: Acc@0.5 {fmt(res['baseline']['Acc@0.5'])}, mean IoU "
-             f"{fmt(res['baseline']['mean_iou'])}.", "",
-             "| answer | seed | step | format valid | box Acc@0.5 | mean IoU |", "|---|---|---|---|---|---|"]
+             f"{fmt(res['baseline']['mean_iou'])}; Acc@0.5 by shapes on the image {shapes(res['baseline'])}.", "",
+             "| answer | seed | step | format valid | box Acc@0.5 | mean IoU | Acc@0.5 on 1 / 2 / 3 shapes |",
+             "|---|---|---|---|---|---|---|"]
     for name in ("grid", "text"):
         for seed, curve in res.get(name, {}).items():
             for p in curve:
                 lines.append(f"| {name} | {seed} | {p['step']} | {fmt(p['valid'])} | {fmt(p['Acc@0.5'])} | "
-                             f"{fmt(p['mean_iou'])} |")
+                             f"{fmt(p['mean_iou'])} | {shapes(p)} |")
     if res.get("grpo"):
         lines += ["", "| GRPO seed | held-out getok_grid reward before | after | train reward first 5 steps | "
                   "last 5 steps |", "|---|---|---|---|---|"]
@@ -318,8 +363,8 @@ def curve(name: str, ckpts, d: dict, work: Path, args, env: dict, model: str) ->
         result = work / f"infer_{step}.jsonl"
         done = result.exists() and len(read_jsonl(result)) == len(d["val_gt"])  # a rerun reuses answers
         responses = [r["response"] for r in read_jsonl(result)] if done else infer(ck, val, result, env, args.family)
-        s = (score_grid_answers(result, d["prep"], args.grid_size, env) if name == "grid"
-             else score_text_answers(responses, d["val_gt"], args.text_units))
+        s = (score_grid_answers(result, d["prep"], args.grid_size, env, d["val_n"]) if name == "grid"
+             else score_text_answers(responses, d["val_gt"], d["val_n"], args.text_units))
         out.append({"step": step, **s})
         print(f"  {name} step {step}: {s}", flush=True)
     return out
@@ -349,13 +394,22 @@ def main(argv=None) -> int:
     p.add_argument("--vision-hidden", type=int, default=64)
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads per process (default 2; more threads than free cores run far slower)")
+    p.add_argument("--single-first", type=int, default=0, metavar="K",
+                   help="curriculum: the first K SFT steps on the images with one shape, the rest on all (default 0)")
+    p.add_argument("--vision-position-code", type=float, default=0.0, metavar="S",
+                   help="qwen3_vl: start the vision position table at S x a 2-D sine-cosine code "
+                        "(getok tiny-model --vision-position-code; default 0: N(0, 0.02))")
+    p.add_argument("--grid-code", type=float, default=1.0, metavar="S",
+                   help="GETOK_GRID_CODE: new grid rows start at the text mean + S x the 2-D cell code "
+                        "(docs/swift.md; default 1.0, 0: the text mean alone)")
     p.add_argument("--no-text", action="store_true", help="skip the plain-text coordinate run")
     args = p.parse_args(argv)
     args.toy_size = args.toy_size or FAMILY_DEFAULTS[args.family][0]
     args.text_units = FAMILY_DEFAULTS[args.family][1]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, **OFFLINE, GETOK_GRID_SIZE=str(args.grid_size), MODELSCOPE_CACHE=str(out / ".ms"),
+    env = dict(os.environ, **OFFLINE, GETOK_GRID_SIZE=str(args.grid_size), GETOK_GRID_CODE=str(args.grid_code),
+               MODELSCOPE_CACHE=str(out / ".ms"),
                GETOK_CACHE=str(out / ".getok-cache"), PYTHONPATH=str(REPO),
                OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     wall: dict[str, float] = {}
@@ -365,8 +419,10 @@ def main(argv=None) -> int:
     res = {"args": vars(args), "wall": wall, "n_val": len(d["val_gt"]),
            "config": f"{len(d['train_gt'])} train rows, {args.images - args.val} images, grid {args.grid_size}, "
                      f"{args.toy_size} px, tiny {args.family} hidden {args.hidden_size} x {args.layers} layers (tied), "
-                     f"vision {args.vision_hidden}, batch {args.batch}, lr {args.lr}",
-           "baseline": constant_box_baseline(d["train_gt"], d["val_gt"])}
+                     f"vision {args.vision_hidden} (position code {args.vision_position_code}), batch {args.batch}, "
+                     f"lr {args.lr}, grid code {args.grid_code}, " + (f"first {args.single_first} steps on one-shape images"
+                                          if args.single_first else "no curriculum"),
+           "baseline": constant_box_baseline(d["train_gt"], d["val_gt"], d["val_n"])}
     print(f"baseline: {res['baseline']}", flush=True)
     last_grid = None
     for seed in [int(s) for s in args.sft_seeds.split(",")]:
@@ -374,20 +430,22 @@ def main(argv=None) -> int:
         if not (model / "config.json").exists():
             getok(["tiny-model", "--out", str(model), "--family", args.family, "--seed", str(seed), "--hidden-size",
                    str(args.hidden_size), "--layers", str(args.layers), "--vision-hidden", str(args.vision_hidden),
-                   "--tie-word-embeddings"], out / "tiny.log", env)
+                   "--vision-position-code", str(args.vision_position_code), "--tie-word-embeddings"],
+                  out / "tiny.log", env)
         for name in ("grid",) + (() if args.no_text else ("text",)):
             t = time.time()
             work = out / f"{name}_s{seed}"
-            ckpts = sft(str(model), d["train"] if name == "grid" else d["text_train"], work, args, seed, env)
+            ckpts = sft_curriculum(str(model), d, name, work, args, seed, env)
             wall[f"sft {name} s{seed}"] = time.time() - t
             t = time.time()
             res.setdefault(name, {})[seed] = curve(name, ckpts, d, work, args, env, str(model))
             wall[f"eval {name} s{seed}"] = time.time() - t
-            if name == "grid" and last_grid is None:
-                last_grid = ckpts[-1][1]
+            if name == "grid" and last_grid is None:  # the GRPO start and its held-out answers
+                last_grid = ckpts[-1][1], work / f"infer_{ckpts[-1][0]}.jsonl"
             (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     t = time.time()
-    before = read_jsonl(last_grid.parent.parent / f"infer_{last_grid.name.split('-')[1]}.jsonl")
+    last_grid, before_answers = last_grid
+    before = read_jsonl(before_answers)
     res["grpo_before"] = held_out_reward([r["response"] for r in before], d["val_gt"], args.grid_size)
     res["grpo"] = {}
     for seed in [int(s) for s in args.seeds.split(",") if s]:

@@ -456,14 +456,26 @@ def tiny_processor(family_name, tokenizer, *, max_pixels: int | None = None):
     return cls(image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=fam.chat_template)
 
 
+#: the highest frequency (half-periods across the image) of ``--vision-position-code``: 8, visible on
+#: the 8 x 8 patches of a 128-px image once the 48 x 48 table is resized to them
+VISION_CODE_MAX_FREQ = 8.0
+
+
 def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_word_embeddings: bool = False,
                      hidden_size: int = 64, num_layers: int = 2, vision_hidden: int = 32, vision_depth: int = 2,
-                     max_pixels: int | None = None, dtype: str = "float32", tokenizer=None) -> str:
+                     max_pixels: int | None = None, dtype: str = "float32", tokenizer=None,
+                     vision_position_code: float = 0.0) -> str:
     """Write a tiny random model of ``family_name`` (config, weights, tokenizer, processor,
     generation config) to ``out_dir`` and return its path. ``tie_word_embeddings=True`` ties
     ``embed_tokens`` and ``lm_head`` like Qwen2.5-VL-3B / Qwen3-VL-2B; the default unties them like
     7B / 8B. ``tokenizer``: reuse an already built one (``build_qwen_tokenizer(family)``) to save
-    the ~10 s conversion."""
+    the ~10 s conversion. ``vision_position_code`` S > 0 (Qwen3-VL only: the other towers have no
+    learned position table) starts the vision tower's position table (``visual.pos_embed``, a
+    48 x 48 grid, row-major) at S x ``tokens.sincos_code`` of each entry's centre (frequencies up to
+    ``VISION_CODE_MAX_FREQ`` half-periods across the image, so that they survive the table's bilinear
+    resize to the few patches of a small image) instead of
+    N(0, 0.02): a random tower whose patches differ by position from the first step (a pre-trained
+    tower has learned this; docs/training.md, "Does it learn?")."""
     import torch
     import transformers
     from transformers import GenerationConfig
@@ -477,8 +489,23 @@ def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_wo
         raise ValueError(f"not a {fam.label} tokenizer: {last} is not at id {fam.first_getok_id - 1}")
     cfg = tiny_config(fam, tie_word_embeddings=tie_word_embeddings, hidden_size=hidden_size, num_layers=num_layers,
                       vision_hidden=vision_hidden, vision_depth=vision_depth)
+    if vision_position_code and fam.name != "qwen3_vl":
+        raise ValueError(f"vision_position_code: {fam.label}'s vision tower has no learned position table "
+                         "(only qwen3_vl has one)")
     torch.manual_seed(seed)
     model = getattr(transformers, cfg.architectures[0])(cfg).to(getattr(torch, dtype)).eval()
+    if vision_position_code:
+        import numpy as np
+
+        from .tokens import sincos_code
+
+        table = model.model.visual.pos_embed.weight
+        side = int(round(table.shape[0] ** 0.5))
+        rows, cols = np.mgrid[0:side, 0:side]
+        uv = np.stack([(cols.ravel() + 0.5) / side, (rows.ravel() + 0.5) / side], axis=1)
+        with torch.no_grad():
+            table.copy_(torch.from_numpy(vision_position_code * sincos_code(uv, table.shape[1],
+                                                                            max_freq=VISION_CODE_MAX_FREQ)))
     # transformers initializes with std = initializer_range (0.02): a readable random model.
     model.generation_config = GenerationConfig(
         bos_token_id=151643, pad_token_id=151643, eos_token_id=[151645, 151643], do_sample=False)
@@ -489,6 +516,7 @@ def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_wo
         "what": f"tiny random {fam.label} built by getok_core.models.tiny_model (not a trained model)",
         "family": fam.name, "seed": seed, "tie_word_embeddings": tie_word_embeddings, "hidden_size": hidden_size,
         "num_layers": num_layers, "vision_hidden": vision_hidden, "vision_depth": vision_depth,
+        "vision_position_code": vision_position_code,
     }, indent=1) + "\n")
     return str(out)
 
@@ -509,6 +537,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="language model layers (default 2)")
     parser.add_argument("--vision-hidden", type=int, default=32, help="vision tower width (default 32)")
     parser.add_argument("--vision-depth", type=int, default=2, help="vision tower blocks (default 2)")
+    parser.add_argument("--vision-position-code", type=float, default=0.0, metavar="S",
+                        help="qwen3_vl: start the vision position table at S x a 2-D sine-cosine code of unit RMS "
+                             "instead of N(0, 0.02) (default 0: off)")
     parser.add_argument("--family", default="qwen2_5_vl", choices=list(FAMILIES),
                         help="model family: qwen2_5_vl (default), qwen3_vl or qwen2_vl (its real layout and tokenizer)")
 
@@ -519,7 +550,8 @@ def run(args) -> int:
     path = build_tiny_model(args.out, fam.name, seed=args.seed, tie_word_embeddings=args.tie_word_embeddings,
                             hidden_size=args.hidden_size, num_layers=args.layers,
                             vision_hidden=getattr(args, "vision_hidden", 32),
-                            vision_depth=getattr(args, "vision_depth", 2))
+                            vision_depth=getattr(args, "vision_depth", 2),
+                            vision_position_code=getattr(args, "vision_position_code", 0.0))
     print(f"wrote a tiny random {fam.label} (its real tokenizer; model type {fam.model_type}) to {path}",
           file=sys.stderr)
     print(path)

@@ -32,32 +32,38 @@ def init_text(token: str, vocab: GetokVocab) -> str:
     return token  # <DELETE>, <box>, </box>, <none>, ...: their spelling
 
 
-def grid_code(vocab: GetokVocab, dim: int, n_freq: int | None = None, seed: int = 0) -> dict:
-    """A 2-D sinusoidal code of every grid cell: grid token -> float64 vector of length ``dim`` and
-    unit RMS.
+def sincos_code(uv, dim: int, n_freq: int | None = None, max_freq: float = 1.0, seed: int = 0):
+    """A 2-D sinusoidal code of points: ``uv`` (N, 2) in the normalized image frame -> float64 array
+    (N, ``dim``), every row of unit RMS.
 
-    Features ``sin / cos(pi * f * u)`` and the same of ``v`` at the cell centre ``(u, v) =
-    vocab.cell_point(cell)`` (normalized image frame) for ``n_freq`` (default ``min(16, dim // 4)``)
-    frequencies ``f`` geometric from 0.5 to ``grid_size`` (whole image to one cell), mapped into
-    ``dim`` through fixed orthonormal directions (``seed``), so no coordinate of the embedding is
-    singled out. Neighbouring cells get
-    close codes and every cell a different one, unlike the mean of its text's digit embeddings, which
-    ignores digit order (``<grid12,14>``, ``<grid14,12>`` and ``<grid11,24>`` share one)."""
+    Features ``sin / cos(pi * f * u)`` and the same of ``v`` for ``n_freq`` (default
+    ``min(16, dim // 4)``) frequencies ``f`` geometric from 0.5 to ``max_freq``, mapped into ``dim``
+    through fixed orthonormal directions (``seed``), so no coordinate of the embedding is singled
+    out: nearby points get close codes, distinct points distinct ones."""
     import numpy as np
 
     n_freq = min(16, dim // 4) if n_freq is None else n_freq
     k = 4 * n_freq
     if n_freq < 1 or dim < k:
         raise ValueError(f"embedding width {dim} is below the code's {k} features (n_freq={n_freq})")
-    tokens = [t for t in vocab.tokens if vocab.token_cell(t) is not None]
-    uv = np.array([vocab.cell_point(vocab.token_cell(t)) for t in tokens], dtype=np.float64)
-    f = np.geomspace(0.5, max(vocab.grid_size, 1), n_freq)
-    ang = np.pi * uv[:, :, None] * f[None, None, :]  # (cells, 2, n_freq)
-    feats = np.concatenate([np.sin(ang), np.cos(ang)], axis=2).reshape(len(tokens), k)
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    f = np.geomspace(0.5, max(max_freq, 0.5), n_freq)
+    ang = np.pi * uv[:, :, None] * f[None, None, :]  # (points, 2, n_freq)
+    feats = np.concatenate([np.sin(ang), np.cos(ang)], axis=2).reshape(len(uv), k)
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, k)))  # orthonormal columns
     code = feats @ q.T
-    code /= np.sqrt((code ** 2).mean(axis=1, keepdims=True))
-    return dict(zip(tokens, code))
+    return code / np.sqrt((code ** 2).mean(axis=1, keepdims=True))
+
+
+def grid_code(vocab: GetokVocab, dim: int, n_freq: int | None = None, seed: int = 0) -> dict:
+    """The 2-D sinusoidal code (``sincos_code``) of every grid cell: grid token -> float64 vector
+    of length ``dim`` and unit RMS, at the cell centre ``vocab.cell_point(cell)``, frequencies up to
+    ``grid_size`` (whole image to one cell). Neighbouring cells get close codes and every cell a
+    different one, unlike the mean of its text's digit embeddings, which ignores digit order
+    (``<grid12,14>``, ``<grid14,12>`` and ``<grid11,24>`` share one)."""
+    tokens = [t for t in vocab.tokens if vocab.token_cell(t) is not None]
+    uv = [vocab.cell_point(vocab.token_cell(t)) for t in tokens]
+    return dict(zip(tokens, sincos_code(uv, dim, n_freq, max_freq=vocab.grid_size, seed=seed)))
 
 
 def tokens_digest(tokens) -> str:
@@ -185,6 +191,6 @@ def set_config_vocab_size(config, n: int) -> None:
             cfg.vocab_size = n
 
 
-__all__ = ["init_text", "grid_code", "tokens_digest", "text_ids", "source_ids", "ordinary_limit", "special_tokens",
-           "add_getok_tokens", "check_single_ids", "getok_token_ids", "KeepGetokTokens", "config_vocab_size",
-           "set_config_vocab_size"]
+__all__ = ["init_text", "sincos_code", "grid_code", "tokens_digest", "text_ids", "source_ids", "ordinary_limit",
+           "special_tokens", "add_getok_tokens", "check_single_ids", "getok_token_ids", "KeepGetokTokens",
+           "config_vocab_size", "set_config_vocab_size"]

@@ -13,7 +13,7 @@ from testkit import ground_truth, square, target
 
 from getok_core import GetokVocab, format_offsets
 from getok_core.models.tokens import (KeepGetokTokens, check_single_ids, getok_token_ids, grid_code, init_text,
-                                      ordinary_limit, tokens_digest)
+                                      ordinary_limit, sincos_code, tokens_digest)
 from getok_core.rewards import (GRID_COMPONENTS, REFINE_COMPONENTS, GridWeights, RefineWeights, RewardResult,
                                 RewardSetup, score_grid_batch, score_refine_batch, setup_from_kwargs)
 from getok_core.rewards.dialogue import score_dialogues, stage_turns
@@ -228,6 +228,24 @@ def test_grid_code_gives_every_cell_its_own_smooth_code(n, dim):
     assert len(next(iter(grid_code(vocab, 8).values()))) == 8  # 2 frequencies for a narrow model
     with pytest.raises(ValueError, match="below the code"):
         grid_code(vocab, 32, n_freq=16)
+    uv = [vocab.cell_point(vocab.token_cell(t)) for t in code]
+    assert np.array_equal(sincos_code(uv, dim, max_freq=n), rows)  # the cells' sincos_code
+
+
+def test_sincos_code_of_a_position_table():
+    """The vision position table's code (``tiny_model``, 48 x 48 entries, 64 wide): unit RMS, every
+    entry its own code, the nearer entry the closer code along a row."""
+    import numpy as np
+
+    side = 48
+    r, c = np.mgrid[0:side, 0:side]
+    uv = np.stack([(c.ravel() + 0.5) / side, (r.ravel() + 0.5) / side], 1)
+    code = sincos_code(uv, 64, max_freq=side)
+    assert code.shape == (side * side, 64) and np.allclose((code ** 2).mean(1), 1.0)
+    gram = code @ code.T / 64
+    assert (gram[~np.eye(side * side, dtype=bool)] < 1 - 1e-6).all()
+    row = gram[20 * side + 10, 20 * side: 21 * side]  # entry (row 20, column 10) against its row
+    assert row[11] > row[12] > row[14] and row[9] > row[8] > row[6]
 
 
 def test_keep_getok_tokens_decodes_them_even_when_special():

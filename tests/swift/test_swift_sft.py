@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -85,6 +86,37 @@ FAMILY_LAYOUT = {
     "qwen3_vl": (151669, 16, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
     "qwen2_vl": (151657, 14, "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
 }
+
+
+def test_vision_position_code_starts_qwen3_vl_position_table_at_the_sincos_code(work, base_tokenizer, tiny_model):
+    """``getok tiny-model --family qwen3_vl --vision-position-code S``: the vision tower's 48 x 48
+    position table is S x ``sincos_code`` of each entry's centre (row-major: u = column, v = row),
+    so the patches of a random tower differ by position; the rest of the weights are those of the
+    same seed without it; Qwen2.5-VL (no learned position table) refuses the option."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from getok_core.models.tiny_model import build_qwen_tokenizer, build_tiny_model
+    from getok_core.models.tokens import sincos_code
+
+    tok = build_qwen_tokenizer("qwen3_vl")
+    plain_path = build_tiny_model(work / "pos-plain", "qwen3_vl", seed=0, tokenizer=tok)
+    plain = load_file(Path(plain_path) / "model.safetensors")
+    path = build_tiny_model(work / "pos-code", "qwen3_vl", seed=0, tokenizer=tok, vision_position_code=0.35)
+    coded = load_file(Path(path) / "model.safetensors")
+    key = next(k for k in coded if k.endswith("visual.pos_embed.weight"))
+    table = coded[key].double().numpy()
+    side = 48
+    assert table.shape[0] == side * side
+    assert np.allclose(np.sqrt((table ** 2).mean(1)), 0.35)
+    u, v = (13 + 0.5) / side, (30 + 0.5) / side  # column 13, row 30
+    assert np.allclose(table[30 * side + 13], 0.35 * sincos_code([[u, v]], table.shape[1], max_freq=8)[0], atol=1e-6)
+    assert abs(float(plain[key].std()) - 0.02) < 0.005  # transformers' N(0, 0.02) without the option
+    assert all(torch.equal(coded[k], plain[k]) for k in plain if k != key)
+    assert json.loads((Path(path) / "getok_tiny_model.json").read_text())["vision_position_code"] == 0.35
+    with pytest.raises(ValueError, match="no learned position table"):
+        build_tiny_model(work / "pos-bad", "qwen2_5_vl", tokenizer=base_tokenizer, vision_position_code=0.35)
 
 
 @pytest.mark.parametrize("name", ["qwen3_vl", "qwen2_vl"])
