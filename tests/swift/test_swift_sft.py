@@ -68,13 +68,15 @@ def test_tiny_model_command_line(monkeypatch, tmp_path, capsys):
                         lambda out, fam, **kw: calls.append((out, fam, kw)) or str(out))
     p = argparse.ArgumentParser()
     tiny_model.add_arguments(p)
-    for extra, fam, vision in (([], "qwen2_5_vl", (32, 2)), (["--family", "qwen3_vl"], "qwen3_vl", (32, 2)),
-                               (["--vision-hidden", "64", "--vision-depth", "3"], "qwen2_5_vl", (64, 3))):
+    for extra, fam, vision in (([], "qwen2_5_vl", (32, 2, 0.0)), (["--family", "qwen3_vl"], "qwen3_vl", (32, 2, 0.0)),
+                               (["--vision-hidden", "64", "--vision-depth", "3"], "qwen2_5_vl", (64, 3, 0.0)),
+                               (["--family", "qwen3_vl", "--vision-position-code", "0.5"], "qwen3_vl", (32, 2, 0.5))):
         args = p.parse_args(["--out", str(tmp_path / "m"), "--tie-word-embeddings", "--seed", "3", *extra])
         assert tiny_model.run(args) == 0
         assert calls.pop() == (str(tmp_path / "m"), fam, {"seed": 3, "tie_word_embeddings": True, "hidden_size": 64,
                                                           "num_layers": 2, "vision_hidden": vision[0],
-                                                          "vision_depth": vision[1]})
+                                                          "vision_depth": vision[1],
+                                                          "vision_position_code": vision[2]})
         assert capsys.readouterr().out.strip() == str(tmp_path / "m")
     with pytest.raises(SystemExit):
         p.parse_args(["--out", "m", "--family", "qwen4_vl"])
