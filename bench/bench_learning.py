@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -180,7 +181,8 @@ def sft(model: str, data: Path, out: Path, args, seed: int, env: dict, steps: in
                       str(args.batch), "--gradient_accumulation_steps", "1", "--learning_rate", str(args.lr),
                       "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",
                       "--save_steps", str(args.eval_every), "--logging_steps", "10", "--seed", str(seed),
-                      "--data_seed", str(seed), *COMMON, "--output_dir", str(out)], out / "sft.log", env)
+                      "--data_seed", str(seed), *COMMON, *shlex.split(args.sft_args), "--output_dir", str(out)],
+              out / "sft.log", env)
     ckpts = sorted(out.glob("v*/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return [(int(p.name.split("-")[1]), p) for p in ckpts]
 
@@ -189,15 +191,14 @@ def sft_curriculum(model: str, data: dict, name: str, out: Path, args, seed: int
     """``--single-first`` K > 0: K steps on the images with one shape (``out/single``), then the
     remaining ``steps - K`` on all images from that checkpoint (``out/all``, a new cosine
     schedule); else one run of ``steps`` on all images. (step counted from the start, checkpoint)."""
-    train = data["train"] if name == "grid" else data["text_train"]
+    key = "train" if name == "grid" else "text_train"
     k = args.single_first
     if not k:
-        return sft(model, train, out, args, seed, env, args.steps)
-    first = sft(model, data[f"single_{'train' if name == 'grid' else 'text_train'}"], out / "single", args, seed,
-                env, k)
+        return sft(model, data[key], out, args, seed, env, args.steps)
+    first = sft(model, data[f"single_{key}"], out / "single", args, seed, env, k)
     if args.steps <= k:
         return first
-    rest = sft(str(first[-1][1]), train, out / "all", args, seed, env, args.steps - k)
+    rest = sft(str(first[-1][1]), data[key], out / "all", args, seed, env, args.steps - k)
     return first + [(k + step, ck) for step, ck in rest]
 
 
@@ -402,6 +403,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid-code", type=float, default=1.0, metavar="S",
                    help="GETOK_GRID_CODE: new grid rows start at the text mean + S x the 2-D cell code "
                         "(docs/swift.md; default 1.0, 0: the text mean alone)")
+    p.add_argument("--sft-args", default="", metavar="ARGS",
+                   help="more `swift sft` arguments, one shell-quoted string (e.g. \"--max_grad_norm 0\")")
     p.add_argument("--no-text", action="store_true", help="skip the plain-text coordinate run")
     args = p.parse_args(argv)
     args.toy_size = args.toy_size or FAMILY_DEFAULTS[args.family][0]
@@ -409,8 +412,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **OFFLINE, GETOK_GRID_SIZE=str(args.grid_size), GETOK_GRID_CODE=str(args.grid_code),
-               MODELSCOPE_CACHE=str(out / ".ms"),
-               GETOK_CACHE=str(out / ".getok-cache"), PYTHONPATH=str(REPO),
+               MODELSCOPE_CACHE=str(out / ".ms"), GETOK_CACHE=str(out / ".getok-cache"), PYTHONPATH=str(REPO),
                OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     wall: dict[str, float] = {}
     t0 = time.time()
@@ -420,8 +422,9 @@ def main(argv=None) -> int:
            "config": f"{len(d['train_gt'])} train rows, {args.images - args.val} images, grid {args.grid_size}, "
                      f"{args.toy_size} px, tiny {args.family} hidden {args.hidden_size} x {args.layers} layers (tied), "
                      f"vision {args.vision_hidden} (position code {args.vision_position_code}), batch {args.batch}, "
-                     f"lr {args.lr}, grid code {args.grid_code}, " + (f"first {args.single_first} steps on one-shape images"
-                                          if args.single_first else "no curriculum"),
+                     f"lr {args.lr}, grid code {args.grid_code}, "
+                     + (f"first {args.single_first} steps on one-shape images" if args.single_first
+                        else "no curriculum"),
            "baseline": constant_box_baseline(d["train_gt"], d["val_gt"], d["val_n"])}
     print(f"baseline: {res['baseline']}", flush=True)
     last_grid = None

@@ -461,6 +461,19 @@ def tiny_processor(family_name, tokenizer, *, max_pixels: int | None = None):
 VISION_CODE_MAX_FREQ = 8.0
 
 
+def position_table_code(side: int, dim: int, scale: float):
+    """``scale`` x ``tokens.sincos_code`` of the entries of a ``side`` x ``side`` position table
+    (row-major; entry (row r, column c) at its centre u = (c + 0.5) / side, v = (r + 0.5) / side of
+    the normalized image frame), frequencies up to ``VISION_CODE_MAX_FREQ``: float64 (side², dim)."""
+    import numpy as np
+
+    from .tokens import sincos_code
+
+    rows, cols = np.mgrid[0:side, 0:side]
+    uv = np.stack([(cols.ravel() + 0.5) / side, (rows.ravel() + 0.5) / side], axis=1)
+    return scale * sincos_code(uv, dim, max_freq=VISION_CODE_MAX_FREQ)
+
+
 def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_word_embeddings: bool = False,
                      hidden_size: int = 64, num_layers: int = 2, vision_hidden: int = 32, vision_depth: int = 2,
                      max_pixels: int | None = None, dtype: str = "float32", tokenizer=None,
@@ -473,9 +486,9 @@ def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_wo
     learned position table) starts the vision tower's position table (``visual.pos_embed``, a
     48 x 48 grid, row-major) at S x ``tokens.sincos_code`` of each entry's centre (frequencies up to
     ``VISION_CODE_MAX_FREQ`` half-periods across the image, so that they survive the table's bilinear
-    resize to the few patches of a small image) instead of
-    N(0, 0.02): a random tower whose patches differ by position from the first step (a pre-trained
-    tower has learned this; docs/training.md, "Does it learn?")."""
+    resize to the few patches of a small image; ``position_table_code``) instead of N(0, 0.02): a
+    random tower whose patches differ by position from the first step (a pre-trained tower has
+    learned this; docs/training.md, "Does it learn?")."""
     import torch
     import transformers
     from transformers import GenerationConfig
@@ -495,17 +508,10 @@ def build_tiny_model(out_dir, family_name="qwen2_5_vl", seed: int = 0, *, tie_wo
     torch.manual_seed(seed)
     model = getattr(transformers, cfg.architectures[0])(cfg).to(getattr(torch, dtype)).eval()
     if vision_position_code:
-        import numpy as np
-
-        from .tokens import sincos_code
-
         table = model.model.visual.pos_embed.weight
         side = int(round(table.shape[0] ** 0.5))
-        rows, cols = np.mgrid[0:side, 0:side]
-        uv = np.stack([(cols.ravel() + 0.5) / side, (rows.ravel() + 0.5) / side], axis=1)
         with torch.no_grad():
-            table.copy_(torch.from_numpy(vision_position_code * sincos_code(uv, table.shape[1],
-                                                                            max_freq=VISION_CODE_MAX_FREQ)))
+            table.copy_(torch.from_numpy(position_table_code(side, table.shape[1], vision_position_code)))
     # transformers initializes with std = initializer_range (0.02): a readable random model.
     model.generation_config = GenerationConfig(
         bos_token_id=151643, pad_token_id=151643, eos_token_id=[151645, 151643], do_sample=False)

@@ -233,14 +233,15 @@ def test_grid_code_gives_every_cell_its_own_smooth_code(n, dim):
 
 
 def test_sincos_code_of_a_position_table():
-    """The vision position table's code (``tiny_model``, 48 x 48 entries, 64 wide): unit RMS, every
+    """The vision position table's code (``tiny_model.position_table_code``, 48 x 48 entries, 64
+    wide, the frequencies ``getok tiny-model --vision-position-code`` uses): RMS ``scale``, every
     entry its own code, the nearer entry the closer code along a row."""
     import numpy as np
 
+    from getok_core.models.tiny_model import position_table_code
+
     side = 48
-    r, c = np.mgrid[0:side, 0:side]
-    uv = np.stack([(c.ravel() + 0.5) / side, (r.ravel() + 0.5) / side], 1)
-    code = sincos_code(uv, 64, max_freq=side)
+    code = position_table_code(side, 64, 0.5) / 0.5
     assert code.shape == (side * side, 64) and np.allclose((code ** 2).mean(1), 1.0)
     gram = code @ code.T / 64
     assert (gram[~np.eye(side * side, dtype=bool)] < 1 - 1e-6).all()

@@ -90,7 +90,7 @@ FAMILY_LAYOUT = {
 }
 
 
-def test_vision_position_code_starts_qwen3_vl_position_table_at_the_sincos_code(work, base_tokenizer, tiny_model):
+def test_vision_position_code_starts_qwen3_vl_position_table_at_the_sincos_code(work, base_tokenizer):
     """``getok tiny-model --family qwen3_vl --vision-position-code S``: the vision tower's 48 x 48
     position table is S x ``sincos_code`` of each entry's centre (row-major: u = column, v = row),
     so the patches of a random tower differ by position; the rest of the weights are those of the
@@ -99,7 +99,7 @@ def test_vision_position_code_starts_qwen3_vl_position_table_at_the_sincos_code(
     import torch
     from safetensors.torch import load_file
 
-    from getok_core.models.tiny_model import build_qwen_tokenizer, build_tiny_model
+    from getok_core.models.tiny_model import VISION_CODE_MAX_FREQ, build_qwen_tokenizer, build_tiny_model
     from getok_core.models.tokens import sincos_code
 
     tok = build_qwen_tokenizer("qwen3_vl")
@@ -113,7 +113,8 @@ def test_vision_position_code_starts_qwen3_vl_position_table_at_the_sincos_code(
     assert table.shape[0] == side * side
     assert np.allclose(np.sqrt((table ** 2).mean(1)), 0.35)
     u, v = (13 + 0.5) / side, (30 + 0.5) / side  # column 13, row 30
-    assert np.allclose(table[30 * side + 13], 0.35 * sincos_code([[u, v]], table.shape[1], max_freq=8)[0], atol=1e-6)
+    expected = 0.35 * sincos_code([[u, v]], table.shape[1], max_freq=VISION_CODE_MAX_FREQ)[0]
+    assert np.allclose(table[30 * side + 13], expected, atol=1e-6)
     assert abs(float(plain[key].std()) - 0.02) < 0.005  # transformers' N(0, 0.02) without the option
     assert all(torch.equal(coded[k], plain[k]) for k in plain if k != key)
     assert json.loads((Path(path) / "getok_tiny_model.json").read_text())["vision_position_code"] == 0.35
