@@ -180,6 +180,7 @@ def sft(model: str, data: Path, out: Path, args, seed: int, env: dict, steps: in
                       "--dataset", str(data), "--max_steps", str(steps), "--per_device_train_batch_size",
                       str(args.batch), "--gradient_accumulation_steps", "1", "--learning_rate", str(args.lr),
                       "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",
+                      "--max_grad_norm", str(args.max_grad_norm), "--adam_beta2", str(args.adam_beta2),
                       "--save_steps", str(args.eval_every), "--logging_steps", "10", "--seed", str(seed),
                       "--data_seed", str(seed), *COMMON, *shlex.split(args.sft_args), "--output_dir", str(out)],
               out / "sft.log", env)
@@ -268,11 +269,13 @@ def grpo(ckpt: Path, data: Path, out: Path, args, seed: int, env: dict) -> tuple
         swift("rlhf", ["--rlhf_type", "grpo", "--use_vllm", "false", *model_args(args.family), "--model", str(ckpt),
                        "--tuner_type", "full", "--reward_funcs", "getok_grid", "--dataset", str(data),
                        "--max_steps", str(args.grpo_steps), "--num_generations", str(args.generations),
-                       "--per_device_train_batch_size", str(2 * args.generations), "--gradient_accumulation_steps",
-                       "1", "--max_completion_length", "24", "--temperature", "1.0", "--learning_rate",
-                       str(args.grpo_lr), "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--beta", "0",
-                       "--seed", str(seed), "--data_seed", str(seed), "--save_steps", str(args.grpo_steps),
-                       "--logging_steps", "1", *COMMON, "--output_dir", str(out)], out / "grpo.log", env)
+                       "--per_device_train_batch_size", str(args.grpo_prompts * args.generations),
+                       "--gradient_accumulation_steps", "1", "--max_completion_length", "24", "--temperature", "1.0",
+                       "--learning_rate", str(args.grpo_lr), "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+                       "--beta", "0", "--seed", str(seed), "--data_seed", str(seed), "--save_steps",
+                       str(args.grpo_steps), "--logging_steps", "1", *COMMON, *shlex.split(args.grpo_args),
+                       "--output_dir", str(out)],
+              out / "grpo.log", env)
     last = sorted(out.glob(f"v*/checkpoint-{args.grpo_steps}"))[-1]
     return last, logged_rewards(out / "grpo.log")
 
@@ -403,8 +406,14 @@ def main(argv=None) -> int:
     p.add_argument("--grid-code", type=float, default=1.0, metavar="S",
                    help="GETOK_GRID_CODE: new grid rows start at the text mean + S x the 2-D cell code "
                         "(docs/swift.md; default 1.0, 0: the text mean alone)")
+    p.add_argument("--max-grad-norm", type=float, default=0.0,
+                   help="SFT gradient clipping (default 0: none; ms-swift's default is 1.0, docs/training.md)")
+    p.add_argument("--adam-beta2", type=float, default=0.999,
+                   help="SFT AdamW beta2 (default 0.999, PyTorch's; ms-swift's default is 0.95, docs/training.md)")
     p.add_argument("--sft-args", default="", metavar="ARGS",
-                   help="more `swift sft` arguments, one shell-quoted string (e.g. \"--max_grad_norm 0\")")
+                   help="more `swift sft` arguments, one shell-quoted string (e.g. \"--warmup_ratio 0.1\")")
+    p.add_argument("--grpo-prompts", type=int, default=2, help="GRPO prompts per step (default 2)")
+    p.add_argument("--grpo-args", default="", metavar="ARGS", help="more `swift rlhf` arguments, as --sft-args")
     p.add_argument("--no-text", action="store_true", help="skip the plain-text coordinate run")
     args = p.parse_args(argv)
     args.toy_size = args.toy_size or FAMILY_DEFAULTS[args.family][0]
@@ -422,7 +431,8 @@ def main(argv=None) -> int:
            "config": f"{len(d['train_gt'])} train rows, {args.images - args.val} images, grid {args.grid_size}, "
                      f"{args.toy_size} px, tiny {args.family} hidden {args.hidden_size} x {args.layers} layers (tied), "
                      f"vision {args.vision_hidden} (position code {args.vision_position_code}), batch {args.batch}, "
-                     f"lr {args.lr}, grid code {args.grid_code}, "
+                     f"lr {args.lr}, AdamW beta2 {args.adam_beta2}, max grad norm {args.max_grad_norm}, "
+                     f"grid code {args.grid_code}, "
                      + (f"first {args.single_first} steps on one-shape images" if args.single_first
                         else "no curriculum"),
            "baseline": constant_box_baseline(d["train_gt"], d["val_gt"], d["val_n"])}

@@ -10,23 +10,26 @@
 # Writes $OUT/results.md (the table), results.json and curves.png (docs/training.md, "Does it learn?").
 #
 #   bash recipes/learning.sh                                  # outputs in ./out/learning
-#   OUT=/tmp/learn STEPS=2000 EVAL_EVERY=500 IMAGES=6000 SEEDS=0,1,2 bash recipes/learning.sh
+#   OUT=/tmp/learn SEEDS=0,1,2 GRPO_STEPS=16 bash recipes/learning.sh
 #
 # Knobs (environment): OUT, FAMILY (qwen3_vl; qwen2_5_vl, qwen2_vl), IMAGES (toy images, default
-# 1000), VAL (held-out images, 50), STEPS (SFT steps, 600), EVAL_EVERY (300), HIDDEN (128), LAYERS (4),
+# 6000), VAL (held-out images, 100), STEPS (SFT steps, 600), EVAL_EVERY (200), HIDDEN (128), LAYERS (4),
 # VISION_HIDDEN (64), BATCH (16), LR (2e-3), THREADS (torch threads, 2), GRPO_STEPS (8),
-# SEEDS (GRPO seeds, 0), SFT_SEEDS (0), SINGLE_FIRST (curriculum: steps on one-shape images first, 0),
-# GRID_CODE (GETOK_GRID_CODE, 1.0), VISION_POSITION_CODE (qwen3_vl, 0), GETOK_SWIFT_VENV (an environment holding ms-swift and this
+# SEEDS (GRPO seeds, 0), SFT_SEEDS (0), SINGLE_FIRST (curriculum: steps on one-shape images first, 600),
+# GRID_CODE (GETOK_GRID_CODE, 1.0), VISION_POSITION_CODE (0.5 for qwen3_vl, else 0), ADAM_BETA2 (0.999),
+# MAX_GRAD_NORM (0: no clipping), GETOK_SWIFT_VENV (an environment holding ms-swift and this
 # checkout; default: build or reuse the pinned one). Rerunnable: finished data and runs are reused.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out/learning}
 source "$root/scripts/env.sh"
 venv=${GETOK_SWIFT_VENV:-$(getok_env swift)}
+vpc=0; [ "${FAMILY:-qwen3_vl}" = qwen3_vl ] && vpc=0.5  # only Qwen3-VL has a learned position table
 exec "$venv/bin/python" "$root/bench/bench_learning.py" --out "$out" \
-  --family "${FAMILY:-qwen3_vl}" --images "${IMAGES:-1000}" --val "${VAL:-50}" --steps "${STEPS:-600}" \
-  --eval-every "${EVAL_EVERY:-300}" --hidden-size "${HIDDEN:-128}" --layers "${LAYERS:-4}" \
+  --family "${FAMILY:-qwen3_vl}" --images "${IMAGES:-6000}" --val "${VAL:-100}" --steps "${STEPS:-600}" \
+  --eval-every "${EVAL_EVERY:-200}" --hidden-size "${HIDDEN:-128}" --layers "${LAYERS:-4}" \
   --vision-hidden "${VISION_HIDDEN:-64}" --batch "${BATCH:-16}" --lr "${LR:-2e-3}" --threads "${THREADS:-2}" \
   --grpo-steps "${GRPO_STEPS:-8}" --seeds "${SEEDS:-0}" --sft-seeds "${SFT_SEEDS:-0}" \
-  --single-first "${SINGLE_FIRST:-0}" --grid-code "${GRID_CODE:-1.0}" \
-  --vision-position-code "${VISION_POSITION_CODE:-0}"
+  --single-first "${SINGLE_FIRST:-600}" --grid-code "${GRID_CODE:-1.0}" \
+  --vision-position-code "${VISION_POSITION_CODE:-$vpc}" --adam-beta2 "${ADAM_BETA2:-0.999}" \
+  --max-grad-norm "${MAX_GRAD_NORM:-0}"
