@@ -252,13 +252,14 @@ def score_text_answers(responses: list[str], val_gt: list[dict], val_n: list[int
             "by_shapes": by_shapes(acc["per_sample"], val_n)}
 
 
-def held_out_reward(responses: list[str], val_gt: list[dict], grid_size: int) -> float:
-    """Mean ``getok_grid`` reward (overall, no mask decoder: a box task) of ``responses``."""
-    from getok_core.codec.vocab import GetokVocab
-    from getok_core.rewards import score_grid_batch
+def held_out_reward(responses: list[str], val_gt: list[dict], grid_size: int, reward_kwargs: str) -> float:
+    """Mean ``getok_grid`` reward (overall, no mask decoder: a box task) of ``responses``, with the
+    reward arguments GRPO trains with (``reward_kwargs``, the JSON of ``GETOK_REWARD_KWARGS``)."""
+    from getok_core.rewards import setup_from_kwargs
+    from getok_core.rewards.frameworks import kwargs_from_json, score_batch
 
-    res = score_grid_batch(responses, val_gt, GetokVocab(grid_size=grid_size))
-    return float(np.mean([r.overall for r in res]))
+    setup = setup_from_kwargs({**kwargs_from_json(reward_kwargs, "--reward-kwargs"), "grid_size": grid_size})
+    return float(np.mean([r.overall for r in score_batch(setup, responses, val_gt)]))
 
 
 def grpo(ckpt: Path, data: Path, out: Path, args, seed: int, env: dict) -> tuple[Path, list[float]]:
@@ -414,6 +415,9 @@ def main(argv=None) -> int:
                    help="more `swift sft` arguments, one shell-quoted string (e.g. \"--warmup_ratio 0.1\")")
     p.add_argument("--grpo-prompts", type=int, default=2, help="GRPO prompts per step (default 2)")
     p.add_argument("--grpo-args", default="", metavar="ARGS", help="more `swift rlhf` arguments, as --sft-args")
+    p.add_argument("--reward-kwargs", default='{"think": false}', metavar="JSON",
+                   help="GETOK_REWARD_KWARGS of GRPO and of the held-out reward (default: think false, the SFT "
+                        "answers hold no <think>)")
     p.add_argument("--no-text", action="store_true", help="skip the plain-text coordinate run")
     args = p.parse_args(argv)
     args.toy_size = args.toy_size or FAMILY_DEFAULTS[args.family][0]
@@ -457,14 +461,16 @@ def main(argv=None) -> int:
                 last_grid = ckpts[-1][1], work / f"infer_{ckpts[-1][0]}.jsonl"
             (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     t = time.time()
+    env["GETOK_REWARD_KWARGS"] = args.reward_kwargs
     last_grid, before_answers = last_grid
     before = read_jsonl(before_answers)
-    res["grpo_before"] = held_out_reward([r["response"] for r in before], d["val_gt"], args.grid_size)
+    res["grpo_before"] = held_out_reward([r["response"] for r in before], d["val_gt"], args.grid_size,
+                                         args.reward_kwargs)
     res["grpo"] = {}
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         ck, rewards = grpo(last_grid, d["grpo"], out / f"grpo_s{seed}", args, seed, env)
         responses = infer(ck, d["val"], out / f"grpo_s{seed}" / "infer.jsonl", env, args.family)
-        res["grpo"][seed] = {"after": held_out_reward(responses, d["val_gt"], args.grid_size),
+        res["grpo"][seed] = {"after": held_out_reward(responses, d["val_gt"], args.grid_size, args.reward_kwargs),
                              "train_rewards": rewards}
         print(f"  GRPO seed {seed}: before {res['grpo_before']:.3f} after {res['grpo'][seed]['after']:.3f}",
               flush=True)

@@ -147,21 +147,23 @@ def cells_kinds(c: InstanceCells) -> tuple[str, ...]:
     return tuple(kind for kind, here in present if here)
 
 
-def grid_format_ok(text: str, ans: GridAnswer, task: str | None) -> bool:
+def grid_format_ok(text: str, ans: GridAnswer, task: str | None, think: bool = True) -> bool:
     """The grid ``format`` rule: ``<think>..</think><answer>..</answer>`` once each, nothing but
     whitespace around them (trailing chat special tokens allowed), the answer valid, every
     non-blank answer line one instance holding exactly the elements ``task`` asks for
-    (``TASK_ELEMENTS``), or the answer ``<none>`` / empty."""
+    (``TASK_ELEMENTS``), or the answer ``<none>`` / empty. ``think=False``: the same with no
+    thinking block, the text being ``<answer>..</answer>`` alone (no ``<think>`` / ``</think>``)."""
     t = strip_trailing_specials(text).lstrip()
-    if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
+    if not (t.startswith(THINK_OPEN if think else ANSWER_OPEN) and t.endswith(ANSWER_CLOSE)):
         return False
     for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
-        if t.count(tag) != 1:
+        if t.count(tag) != (1 if think or tag in (ANSWER_OPEN, ANSWER_CLOSE) else 0):
             return False
-    tc = t.find(THINK_CLOSE)
     ao = t.find(ANSWER_OPEN)
-    if not (tc < ao and t[tc + len(THINK_CLOSE):ao].strip() == ""):
-        return False
+    if think:
+        tc = t.find(THINK_CLOSE)
+        if not (tc < ao and t[tc + len(THINK_CLOSE):ao].strip() == ""):
+            return False
     if not ans.valid or ans.stray or not ans.found:
         return False
     if ans.no_target:

@@ -151,12 +151,13 @@ def score_batch(setup: RewardSetup, responses: Sequence, ground_truths: Sequence
             res = score_refine_batch(texts, truths, setup.vocab, [proposals[k] for k in single], setup.decoder,
                                      setup.refine_weights, round=setup.round)
         else:
-            res = score_grid_batch(texts, truths, setup.vocab, setup.decoder, setup.grid_weights)
+            res = score_grid_batch(texts, truths, setup.vocab, setup.decoder, setup.grid_weights, setup.params)
         for k, r in zip(single, res):
             out[k] = r
     if multi:
         res = score_dialogues([stage_turns(dialogues[k], stage) for k in multi], [ground_truths[k] for k in multi],
-                              setup.vocab, setup.decoder, setup.grid_weights, setup.refine_weights)
+                              setup.vocab, setup.decoder, setup.grid_weights, setup.refine_weights,
+                              setup.params)
         for k, r in zip(multi, res):
             out[k] = r
     return out

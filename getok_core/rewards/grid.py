@@ -69,7 +69,7 @@ def score_grid_batch(responses: Sequence, ground_truths: Sequence, vocab: GetokV
             staged.append(("same", memo[key]))
             continue
         memo[key] = len(staged)
-        staged.append(("ok", _grid_state(text, truth, vocab)))
+        staged.append(("ok", _grid_state(text, truth, vocab, params.think)))
     _match_states([st for kind, st in staged if kind == "ok" and st.preds is not None], vocab, params, batch)
     out: list[RewardResult] = []
     for kind, st in staged:
@@ -83,9 +83,9 @@ def score_grid_batch(responses: Sequence, ground_truths: Sequence, vocab: GetokV
     return out
 
 
-def _grid_state(text: str, truth: Truth, vocab: GetokVocab) -> GridState:
+def _grid_state(text: str, truth: Truth, vocab: GetokVocab, think: bool = True) -> GridState:
     ans = read_answer(text, vocab)
-    st = GridState(truth, ans, 1.0 if grid_format_ok(text, ans, truth.task) else 0.0, nonrepeat_score(text))
+    st = GridState(truth, ans, 1.0 if grid_format_ok(text, ans, truth.task, think) else 0.0, nonrepeat_score(text))
     if not truth.no_target and ans.cells:
         st.preds = Predictions.of(ans.cells, vocab)
     return st

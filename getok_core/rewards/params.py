@@ -71,7 +71,9 @@ class RewardParams:
     similarity S. ``boxscore_scale``: boxscore = max(0, 1 - mean corner L1 / (scale * diag)).
     ``mask_knots``: (IoU, reward) knots of the piecewise-linear mask reward. ``points_saturation``
     (5), ``points_spread_scale`` (0.2), ``points_penalty`` (0.02): the semantic-critical points
-    quality q = hit * (1 - exp(-m / saturation)) * spread - penalty * m.
+    quality q = hit * (1 - exp(-m / saturation)) * spread - penalty * m. ``think`` (True): the grid
+    ``format`` rule wants one ``<think>...</think>`` before the answer (SPEC §6); False: the text is
+    the answer block alone, no ``<think>`` (a model fine-tuned on answers without thinking).
     """
 
     match_weights: tuple[float, float, float] = (0.5, 0.3, 0.2)
@@ -81,6 +83,11 @@ class RewardParams:
     points_saturation: float = 5.0
     points_spread_scale: float = 0.2
     points_penalty: float = 0.02
+    think: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.think, bool):
+            raise ValueError(f"RewardParams.think must be True or False, got {self.think!r}")
 
 
 DEFAULT_PARAMS = RewardParams()

@@ -28,7 +28,7 @@ from getok_core.rewards import (GRID_COMPONENTS, REFINE_COMPONENTS, TASK_ELEMENT
                                 score_grid, score_grid_batch, score_refine, score_refine_batch, setup_from_kwargs)
 from getok_core.rewards.answers import GridAnswer, cells_kinds, fast_answer, read_answer
 from getok_core.rewards.matching import Predictions, match_batch, mean_nn_batch
-from getok_core.rewards.params import DEFAULT_PARAMS
+from getok_core.rewards.params import DEFAULT_PARAMS, RewardParams
 from getok_core.rewards.truth import TruthCache, read_truths, rle_string_runs
 
 V = GetokVocab(grid_size=10)
@@ -223,6 +223,35 @@ def test_grid_format_rules():
     assert fmt(ans(["<box><grid2,3><grid5,6></box><seg><grid3,4><grid3,4></seg>"])) == 0.0  # repeated cell
     assert fmt(ans(["<box><grid2,3><grid12,6></box><seg><grid3,4></seg>"])) == 0.0  # off the grid
     assert fmt("<think>a</think><answer>" + PERFECT) == 0.0  # unclosed
+
+
+def test_grid_format_without_thinking():
+    """``RewardParams(think=False)`` (setup key ``think: false``): the answer block alone is the
+    format; a thinking block, text around the answer, a second answer or stray text after
+    ``</answer>`` (a model that did not stop) are not; the other components are unchanged."""
+    g = gt([target(M1, BOX1)])
+    no_think = RewardParams(think=False)
+    fmt = lambda text: score_grid(text, g, V, params=no_think).components["format"]  # noqa: E731
+    bare = f"<answer>{PERFECT}</answer>"
+    assert fmt(bare) == 1.0 and fmt(" \n" + bare + "<|im_end|>\n") == 1.0
+    assert fmt(ans([PERFECT])) == 0.0  # a thinking block
+    assert fmt("</think>" + bare) == 0.0 and fmt(bare.replace("</answer>", "<think></answer>")) == 0.0
+    assert fmt("Sure! " + bare) == 0.0 and fmt(bare + bare) == 0.0
+    assert fmt(bare + "<box><grid2,3><grid5,6></box></answer>") == 0.0  # did not stop
+    assert fmt("<answer><none></answer>") == 1.0 and fmt("<answer></answer>") == 1.0
+    assert fmt(f"<answer>{PERFECT + ' the cat'}</answer>") == 0.0  # stray text inside
+    with_think, without = score_grid(ans([PERFECT]), g, V), score_grid(bare, g, V, params=no_think)
+    assert with_think.components == without.components  # format 1 in both, same geometry
+    assert score_grid(bare, g, V).components == {**without.components, "format": 0.0}
+    assert setup_from_kwargs({}).params.think is True
+    for off in (False, "false", "0", " False "):
+        assert setup_from_kwargs({"think": off}).params == no_think
+    assert setup_from_kwargs({"think": "true"}).params.think is True
+    for bad in ("no", 2, None, "yes"):
+        with pytest.raises(ValueError, match="think"):
+            setup_from_kwargs({"think": bad})
+    with pytest.raises(ValueError, match="think"):
+        RewardParams(think="false")
 
 
 def test_nonrepeat_component():
@@ -623,7 +652,8 @@ def test_fast_path_reads_as_parse_answer(raw, vocab):
         assert fast == slow
         assert [cells_kinds(c) for c in fast.cells] == [cells_kinds(c) for c in slow.cells]
         for task in (*TASK_ELEMENTS, None):
-            assert grid_format_ok(text, fast, task) == grid_format_ok(text, slow, task)
+            for think in (True, False):
+                assert grid_format_ok(text, fast, task, think) == grid_format_ok(text, slow, task, think)
 
 
 @settings(max_examples=1000)

@@ -56,6 +56,23 @@ def test_orms_parse_with_the_run_grid_size(rewards, monkeypatch):
     assert rewards.ORMS["getok_box"]()([GOOD], solution=[g]) == [0.0]
 
 
+def test_think_false_reaches_the_format_orm(rewards, monkeypatch):
+    """``GETOK_REWARD_KWARGS='{"think": false}'``: the format ORM wants the answer block alone (a
+    model fine-tuned without thinking); by default it wants the thinking block (SPEC §6)."""
+    from testkit import ground_truth, square, target
+
+    g = ground_truth([target(square(25, 54, 35, 64), box=(0.25, 0.35, 0.55, 0.65))], task="box")
+    bare = GOOD[GOOD.index("<answer>"):]
+    monkeypatch.setenv("GETOK_GRID_SIZE", "10")
+    fmt = rewards.ORMS["getok_format"]()
+    assert fmt([GOOD, bare], solution=[g, g]) == [1.0, 0.0]
+    monkeypatch.setenv(rewards.ENV_KWARGS, json.dumps({"think": False}))
+    assert fmt([GOOD, bare, bare + "<box><grid2,3></box>"], solution=[g, g, g]) == [0.0, 1.0, 0.0]
+    monkeypatch.setenv(rewards.ENV_KWARGS, json.dumps({"think": "maybe"}))
+    with pytest.raises(ValueError, match="think"):
+        fmt([bare], solution=[g])
+
+
 def test_swift_grpo_runs_with_getok_rewards(work, tiny_model, prepared):
     rows = read_jsonl(prepared / "swift" / "train_grpo.jsonl")
     assert rows and all("solution" in r and r["messages"][-1]["role"] == "user" for r in rows)
