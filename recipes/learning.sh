@@ -15,7 +15,7 @@
 # Knobs (environment): OUT, FAMILY (qwen3_vl; qwen2_5_vl, qwen2_vl), IMAGES (toy images, default
 # 6000), VAL (held-out images, 100), STEPS (SFT steps, 600), EVAL_EVERY (200), HIDDEN (128), LAYERS (4),
 # VISION_HIDDEN (64), BATCH (16), LR (2e-3), THREADS (torch threads, 2), GRPO_STEPS (100),
-# GRPO_PROMPTS (prompts per GRPO step, 4), GENERATIONS (answers per prompt, 8), GRPO_LR (5e-5),
+# GRPO_PROMPTS (prompts per GRPO step, 8), GENERATIONS (answers per prompt, 8), GRPO_LR (5e-5),
 # SEEDS (GRPO seeds, 0,1,2), SFT_SEEDS (0), SINGLE_FIRST (curriculum: steps on one-shape images first, 600),
 # GRID_CODE (GETOK_GRID_CODE, 1.0), VISION_POSITION_CODE (0.5 for qwen3_vl, else 0), ADAM_BETA2 (0.999),
 # MAX_GRAD_NORM (0: no clipping), GETOK_SWIFT_VENV (an environment holding ms-swift and this
@@ -30,7 +30,7 @@ exec "$venv/bin/python" "$root/bench/bench_learning.py" --out "$out" \
   --family "${FAMILY:-qwen3_vl}" --images "${IMAGES:-6000}" --val "${VAL:-100}" --steps "${STEPS:-600}" \
   --eval-every "${EVAL_EVERY:-200}" --hidden-size "${HIDDEN:-128}" --layers "${LAYERS:-4}" \
   --vision-hidden "${VISION_HIDDEN:-64}" --batch "${BATCH:-16}" --lr "${LR:-2e-3}" --threads "${THREADS:-2}" \
-  --grpo-steps "${GRPO_STEPS:-100}" --grpo-prompts "${GRPO_PROMPTS:-4}" --generations "${GENERATIONS:-8}" \
+  --grpo-steps "${GRPO_STEPS:-100}" --grpo-prompts "${GRPO_PROMPTS:-8}" --generations "${GENERATIONS:-8}" \
   --grpo-lr "${GRPO_LR:-5e-5}" --seeds "${SEEDS:-0,1,2}" --sft-seeds "${SFT_SEEDS:-0}" \
   --single-first "${SINGLE_FIRST:-600}" --grid-code "${GRID_CODE:-1.0}" \
   --vision-position-code "${VISION_POSITION_CODE:-$vpc}" --adam-beta2 "${ADAM_BETA2:-0.999}" \
